@@ -1,0 +1,26 @@
+# Two commands on a fresh machine: `make demo` runs the main job, `make test` runs the test suite.
+# Both create .venv and install what they need (torch pinned to the CPU build that pip finds locally).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= runs/ip
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/oodseg: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/oodseg
+	$(BIN)/oodseg crossval --dataset indian_pines --out $(OUT) --overwrite
+
+test: $(BIN)/oodseg
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/oodseg
+	$(BIN)/python bench/crossval_time.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,3 @@
+from oodseg.cli import app
+
+app(prog_name="oodseg")

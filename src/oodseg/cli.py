@@ -1,0 +1,116 @@
+"""Command line: ``oodseg crossval`` runs the whole pipeline and writes its report atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from oodseg.crossval import DEFAULT_DETECTORS, CrossvalConfig, crossval
+from oodseg.train import TrainConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+
+@app.callback()
+def main() -> None:
+    """oodseg: segmentation from sparse positive-only labels with pixel-wise OOD detection."""
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+@app.command("crossval")
+def crossval_command(
+    out: Annotated[
+        Path, typer.Option(help="Output folder (must be new or empty, or use --overwrite).")
+    ],
+    dataset: Annotated[str, typer.Option(help="Data set name.")] = "indian_pines",
+    split: Annotated[
+        str, typer.Option(help="Protocol: scene (strokes anywhere) or blocks (disjoint blocks).")
+    ] = "scene",
+    detectors: Annotated[str, typer.Option(help="Comma-separated detector names.")] = ",".join(
+        DEFAULT_DETECTORS
+    ),
+    classes: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated classes to hold out (names or numbers); default all."),
+    ] = None,
+    tpr: Annotated[
+        float, typer.Option(help="Target TPR of the threshold on calibration ID pixels.")
+    ] = 0.95,
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="Network preset: small (CPU) or reference (FlexibleUNet, EfficientNet-B4)."
+        ),
+    ] = "small",
+    encoder_weights: Annotated[
+        Path | None,
+        typer.Option(help="Local encoder weights for the reference preset (never downloaded)."),
+    ] = None,
+    annotation: Annotated[
+        str, typer.Option(help="Simulated annotator: strokes or points.")
+    ] = "strokes",
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of each class's pixels annotated (default: 0.05 scene, 0.10 blocks)."
+        ),
+    ] = None,
+    margin: Annotated[
+        int, typer.Option(help="scene split: pixels around strokes left out of the test pixels.")
+    ] = 1,
+    epochs: Annotated[int, typer.Option(help="Training epochs per fold.")] = TrainConfig.epochs,
+    seed: Annotated[int, typer.Option(help="Seed of annotations, splits and training.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+) -> None:
+    """Leave-one-class-out cross-validation: train without each class in turn, score it as OOD."""
+    try:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            raise ValueError(
+                f"{out} exists and is not empty; choose a new folder or pass --overwrite"
+            )
+        config = CrossvalConfig(
+            dataset=dataset,
+            split=split,
+            detectors=_csv(detectors) or (),
+            classes=_csv(classes),
+            tpr=tpr,
+            preset=preset,
+            annotation=annotation,
+            budget=budget,
+            margin=margin,
+            train=TrainConfig(epochs=epochs, seed=seed, device=device),
+            encoder_weights=str(encoder_weights) if encoder_weights else None,
+        )
+    except ValueError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    from oodseg.report import print_summary, write_report
+
+    # Everything is written into a sibling temporary folder that replaces --out only when complete.
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp.mkdir(parents=True)
+    try:
+        result = crossval(config, checkpoint_root=tmp / "checkpoints", console=console)
+        write_report(tmp, result)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    except (ValueError, FileNotFoundError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print_summary(result.results, console)
+    console.print(f"results written to {out}/ (results.json, results.md, results.csv, figures)")

@@ -1,0 +1,307 @@
+"""The held-out-class protocol: medical data have no OOD ground truth, so hold a labelled class out.
+
+Each fold trains on the sparse annotations of every class but one, then scores the held-out class's
+test pixels (OOD) against the known classes' test pixels (ID). Unlabelled pixels are never scored.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from oodseg.annotate import AnnotationMode
+from oodseg.datasets import BandNormaliser, Scene, load_dataset
+from oodseg.detectors import DETECTORS, PixelOutputs, make_detector
+from oodseg.metrics import binary_curve, ood_metrics, segmentation_metrics
+from oodseg.model import PRESETS, build_network
+from oodseg.splits import SplitName, make_split
+from oodseg.threshold import calibrate_threshold, open_set_labels
+from oodseg.train import IGNORE, TrainConfig, fit, infer
+
+DEFAULT_DETECTORS = ("msp", "maxlogit", "energy", "entropy")
+DEFAULT_BUDGET = {"scene": 0.05, "blocks": 0.10}
+METRICS = (
+    "auroc",
+    "aupr_in",
+    "aupr_out",
+    "ap",
+    "fpr95",
+    "threshold",
+    "id_accuracy",
+    "closed_set_accuracy",
+    "ood_recall",
+    "miou_k_plus_1",
+    "mdice_k_plus_1",
+)
+
+
+@dataclass(frozen=True)
+class CrossvalConfig:
+    """Everything that defines a cross-validation run (stored in ``results.json``)."""
+
+    dataset: str = "indian_pines"
+    split: SplitName = "scene"
+    detectors: tuple[str, ...] = DEFAULT_DETECTORS
+    classes: tuple[str, ...] | None = None
+    tpr: float = 0.95
+    preset: str = "small"
+    annotation: AnnotationMode = "strokes"
+    budget: float | None = None
+    margin: int = 1
+    train: TrainConfig = field(default_factory=TrainConfig)
+    encoder_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tpr < 1:
+            raise ValueError(f"target TPR must be strictly between 0 and 1, got {self.tpr}")
+        if self.split not in DEFAULT_BUDGET:
+            raise ValueError(f"unknown split {self.split!r}; choose scene or blocks")
+        if self.annotation not in ("strokes", "points"):
+            raise ValueError(
+                f"unknown annotation mode {self.annotation!r}; choose strokes or points"
+            )
+        if self.preset not in PRESETS:
+            raise ValueError(
+                f"unknown network preset {self.preset!r}; choose one of: {', '.join(PRESETS)}"
+            )
+        unknown = [d for d in self.detectors if d not in DETECTORS]
+        if unknown or not self.detectors:
+            raise ValueError(
+                f"unknown detector {', '.join(unknown) or '(none)'}; choose from: {', '.join(DETECTORS)}"
+            )
+
+    @property
+    def annotation_budget(self) -> float:
+        return DEFAULT_BUDGET[self.split] if self.budget is None else self.budget
+
+
+@dataclass
+class FoldFigures:
+    """What the report draws for one fold and detector."""
+
+    score_map: np.ndarray
+    prediction: np.ndarray  # K+1 labels over the image, in the fold's class indices
+    threshold: float
+    id_scores: np.ndarray
+    ood_scores: np.ndarray
+    roc: tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class CrossvalResult:
+    """``results`` is what ``results.json`` holds; the rest feeds the figures."""
+
+    results: dict
+    scene: Scene
+    annotated: np.ndarray  # (H, W) class ids of the training and calibration strokes
+    folds: list[dict]  # per fold: held_out, known (class ids), figures {detector: FoldFigures}
+
+
+def crossval(
+    config: CrossvalConfig, *, checkpoint_root: Path | None = None, console: Console | None = None
+) -> CrossvalResult:
+    """Run leave-one-class-out cross-validation and return every fold's metrics."""
+    console = console or Console()
+    start = time.perf_counter()
+    scene = load_dataset(config.dataset)
+    held_out_ids = (
+        [scene.class_id(c) for c in config.classes]
+        if config.classes
+        else list(range(1, scene.num_classes + 1))
+    )
+    if config.encoder_weights and not Path(config.encoder_weights).is_file():
+        raise FileNotFoundError(f"{config.encoder_weights}: encoder weights file not found")
+    split = make_split(
+        scene.labels,
+        config.split,
+        mode=config.annotation,
+        budget=config.annotation_budget,
+        margin=config.margin,
+        seed=config.train.seed,
+    )
+    image = BandNormaliser.fit(scene.cube, split.train_region)(scene.cube)
+    trained = set(np.unique(split.train.labels[split.train.mask]).tolist())
+    tested = set(np.unique(scene.labels[split.test]).tolist())
+    device = _torch_device(config.train.device)
+    train_config = TrainConfig(**{**asdict(config.train), "patch": PRESETS[config.preset].patch})
+
+    rows, folds, skipped = [], [], []
+    for i, h in enumerate(held_out_ids):
+        name = scene.class_names[h - 1]
+        if h not in tested:
+            skipped.append(
+                {"held_out": name, "reason": "no labelled pixel of this class in the test pixels"}
+            )
+            console.print(
+                f"[yellow]fold {i + 1}/{len(held_out_ids)}: {name} skipped: no test pixel[/]"
+            )
+            continue
+        known = sorted(trained - {h})
+        console.rule(
+            f"fold {i + 1}/{len(held_out_ids)}: held out {name} ({len(known)} known classes)"
+        )
+        fold_rows, figures = _run_fold(
+            scene, split, image, h, known, config, train_config, device, checkpoint_root
+        )
+        rows += fold_rows
+        left_out = sorted(tested - set(known) - {h})
+        folds.append({"held_out": h, "known": known, "figures": figures, "left_out": left_out})
+
+    if not rows:
+        raise ValueError("no fold could be run: none of the held-out classes has test pixels")
+    results = {
+        "dataset": scene.name,
+        "split": config.split,
+        "protocol": split.description,
+        "folds": rows,
+        "summary": summarise(rows, config.detectors),
+        "skipped_folds": skipped,
+        "left_out_classes": {
+            scene.class_names[f["held_out"] - 1]: [scene.class_names[c - 1] for c in f["left_out"]]
+            for f in folds
+            if f["left_out"]
+        },
+        "annotated_pixels": {
+            "train": int(split.train.mask.sum()),
+            "calibration": int(split.val.mask.sum()),
+            "test": int(split.test.sum()),
+        },
+        "config": _config_dict(config, train_config),
+        "versions": _versions(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}",
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    annotated = split.train.labels + split.val.labels
+    return CrossvalResult(results, scene, annotated, folds)
+
+
+def _run_fold(
+    scene: Scene,
+    split,
+    image: np.ndarray,
+    held_out: int,
+    known: list[int],
+    config: CrossvalConfig,
+    train_config: TrainConfig,
+    device: torch.device,
+    checkpoint_root: Path | None,
+) -> tuple[list[dict], dict[str, FoldFigures]]:
+    """Train without ``held_out`` and score every detector on the fold's test pixels."""
+    k = len(known)
+    to_index = np.full(scene.num_classes + 1, IGNORE)
+    to_index[known] = np.arange(k)
+    target = to_index[split.train.labels]
+    calibration = to_index[split.val.labels] != IGNORE
+    id_test = split.test & np.isin(scene.labels, known)
+    ood_test = split.test & (scene.labels == held_out)
+    truth = np.where(scene.labels == held_out, k, to_index[scene.labels])  # K+1 truth; K = OOD
+    scored = id_test | ood_test
+
+    torch.manual_seed(config.train.seed)  # the same initial weights in every fold and every run
+    net = build_network(
+        config.preset,
+        scene.cube.shape[-1],
+        k,
+        encoder_weights=Path(config.encoder_weights) if config.encoder_weights else None,
+    )
+    ckpt = checkpoint_root / f"fold_{held_out:02d}" if checkpoint_root else None
+    fit(net, image, target, train_config, checkpoint_dir=ckpt)
+    logits, features = infer(net, image, PRESETS[config.preset].divisor, device)
+    train_mask = torch.from_numpy(target != IGNORE)
+    train_outputs = PixelOutputs.from_maps(logits, features, train_mask)
+    train_labels = torch.from_numpy(target[target != IGNORE])
+    all_outputs = PixelOutputs.from_maps(logits, features)
+    logits_np = logits.numpy()
+    closed_set = logits_np.argmax(axis=0)
+
+    rows, figures = [], {}
+    for name in config.detectors:
+        detector = make_detector(name).fit(train_outputs, train_labels)
+        score_map = detector.score(all_outputs).reshape(scene.labels.shape).numpy()
+        threshold = calibrate_threshold(score_map[calibration], config.tpr)
+        prediction = open_set_labels(logits_np, score_map, threshold)
+        seg = segmentation_metrics(truth[scored], prediction[scored], k + 1)
+        row = {
+            "held_out": scene.class_names[held_out - 1],
+            "detector": name,
+            **ood_metrics(score_map[id_test], score_map[ood_test]),
+            "threshold": threshold,
+            "id_accuracy": float((prediction[id_test] == truth[id_test]).mean()),
+            "closed_set_accuracy": float((closed_set[id_test] == truth[id_test]).mean()),
+            "ood_recall": float((score_map[ood_test] < threshold).mean()),
+            "miou_k_plus_1": seg["miou"],
+            "mdice_k_plus_1": seg["mdice"],
+            "calibration_tpr": float((score_map[calibration] >= threshold).mean()),
+            "test_tpr": float((score_map[id_test] >= threshold).mean()),
+            "n_id": int(id_test.sum()),
+            "n_ood": int(ood_test.sum()),
+            "iou_k_plus_1": {
+                cls: (None if np.isnan(v) else float(v))
+                for cls, v in zip(
+                    [scene.class_names[c - 1] for c in known] + ["OOD"], seg["iou"], strict=True
+                )
+            },
+        }
+        rows.append(row)
+        curve = binary_curve(score_map[id_test], score_map[ood_test])
+        figures[name] = FoldFigures(
+            score_map,
+            prediction,
+            threshold,
+            score_map[id_test],
+            score_map[ood_test],
+            (curve.fpr, curve.tpr),
+        )
+    return rows, figures
+
+
+def summarise(
+    rows: Sequence[dict], detectors: Sequence[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and standard deviation (ddof = 1) over folds, per detector and metric."""
+    summary = {}
+    for det in detectors:
+        mine = [r for r in rows if r["detector"] == det]
+        summary[det] = {}
+        for m in METRICS:
+            values = np.array([r[m] for r in mine], np.float64)
+            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            summary[det][m] = {"mean": float(values.mean()), "std": std}
+    return summary
+
+
+def _torch_device(name: str) -> torch.device:
+    if name in ("auto", "gpu", "cuda"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _config_dict(config: CrossvalConfig, train_config: TrainConfig) -> dict:
+    d = asdict(config)
+    d["train"] = asdict(train_config)
+    d["budget"] = config.annotation_budget
+    d["network"] = PRESETS[config.preset].description
+    return d
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+    import monai
+
+    from oodseg import __version__
+
+    return {
+        "oodseg": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "lightning": lightning.__version__,
+        "numpy": np.__version__,
+    }

@@ -1,0 +1,50 @@
+"""Bad input: a clear error, exit code 2, and nothing written."""
+
+import pytest
+from typer.testing import CliRunner
+
+from oodseg.cli import app
+
+runner = CliRunner()
+
+
+def run(tmp_path, *args):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["crossval", "--out", str(out), *args])
+    return result, out
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset", "pavia"], "unknown dataset 'pavia'"),
+        (["--detectors", "msp,odinn"], "unknown detector odinn"),
+        (["--classes", "Woods,Maize"], "no class 'Maize'"),
+        (["--classes", "17"], "no class '17'"),
+        (["--tpr", "1.0"], "strictly between 0 and 1"),
+        (["--tpr", "0"], "strictly between 0 and 1"),
+        (["--split", "random"], "unknown split 'random'"),
+        (["--preset", "huge"], "unknown network preset 'huge'"),
+        (["--annotation", "blobs"], "unknown annotation mode 'blobs'"),
+        (
+            ["--preset", "reference", "--encoder-weights", "/nonexistent/b4.safetensors"],
+            "encoder weights file not found",
+        ),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, args, message):
+    result, out = run(tmp_path, *args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no partial folder left behind
+
+
+def test_non_empty_output_folder_needs_overwrite(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["crossval", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "exists and is not empty" in " ".join(result.output.split())
+    assert (out / "keep.txt").read_text() == "mine"

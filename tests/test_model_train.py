@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from oodseg.model import build_network, load_matching_weights
+from oodseg.train import IGNORE, PatchDataset, TrainConfig, fit, infer
+
+
+def test_small_network_returns_logits_and_features_at_full_resolution():
+    net = build_network("small", in_channels=7, num_classes=4).eval()
+    logits, features = net(torch.randn(2, 7, 37, 50))
+    assert logits.shape == (2, 4, 37, 50)
+    assert features.shape == (2, net.feature_channels, 37, 50)
+    # The head is linear (1 x 1): logits are an affine map of the features at each pixel.
+    w, b = net.head.weight[:, :, 0, 0], net.head.bias
+    manual = torch.einsum("kf,bfhw->bkhw", w, features) + b[None, :, None, None]
+    torch.testing.assert_close(logits, manual, rtol=1e-4, atol=1e-4)
+
+
+def test_reference_network_loads_only_matching_local_weights(tmp_path):
+    net = build_network("reference", in_channels=5, num_classes=3)
+    encoder = net.backbone.encoder
+    state = {
+        k: torch.full_like(v, 0.25)
+        for k, v in encoder.state_dict().items()
+        if v.dtype.is_floating_point
+    }
+    stem = next(k for k, v in state.items() if v.ndim == 4)
+    state[stem] = torch.zeros(48, 3, 3, 3)  # an ImageNet stem: 3 bands, does not match 5
+    save_file(state, tmp_path / "b4.safetensors")
+    loaded = load_matching_weights(encoder, tmp_path / "b4.safetensors")
+    assert loaded == len(state) - 1
+    assert all(torch.all(encoder.state_dict()[k] == 0.25) for k in list(state)[1:3])
+    logits, features = net.eval()(torch.randn(1, 5, 64, 64))
+    assert logits.shape == (1, 3, 64, 64) and features.shape[1] == net.feature_channels
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_matching_weights(encoder, tmp_path / "missing.safetensors")
+
+
+def test_patches_always_contain_annotations_and_keep_image_and_target_aligned():
+    image = torch.arange(3 * 40 * 30, dtype=torch.float32).reshape(3, 40, 30)
+    target = torch.full((40, 30), IGNORE)
+    target[5, 7] = 2
+    ds = PatchDataset(image, target, patch=16, length=20, seed=0)
+    for i in range(20):
+        img, tgt = ds[i]
+        assert img.shape == (3, 16, 16) and tgt.shape == (16, 16)
+        ((y, x),) = torch.nonzero(tgt == 2).tolist()
+        # The annotated pixel's value travels with it through flips and rotations.
+        assert img[0, y, x] == image[0, 5, 7]
+
+
+def test_patch_dataset_refuses_no_annotation():
+    with pytest.raises(ValueError, match="no annotated pixel"):
+        PatchDataset(torch.zeros(2, 8, 8), torch.full((8, 8), IGNORE), 8, 4, 0)
+
+
+def test_training_is_seeded_and_learns(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(32, 32, 4)).astype(np.float32)
+    image[:, 16:, 0] += 3  # class 1 is brighter in band 0
+    target = np.full((32, 32), IGNORE)
+    target[::4, 2:14:3] = 0
+    target[::4, 18:30:3] = 1
+    config = TrainConfig(
+        epochs=6, patches_per_epoch=16, batch_size=4, patch=32, seed=3, device="cpu"
+    )
+    nets = []
+    for run in range(2):
+        torch.manual_seed(3)
+        net = build_network("small", 4, 2)
+        fit(net, image, target, config, checkpoint_dir=tmp_path / str(run), progress=False)
+        nets.append(net)
+        assert (tmp_path / str(run) / "last.ckpt").is_file()
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    logits, _ = infer(nets[0], image, 16)
+    pred = logits.argmax(0).numpy()
+    assert (pred[:, :16] == 0).mean() > 0.8 and (pred[:, 16:] == 1).mean() > 0.8
