@@ -16,9 +16,10 @@ from oodseg.train import TrainConfig
 
 FOLDS = ("Hay-windrowed", "Woods", "Soybean-mintill")
 EPOCHS = 20
-# Measured mean AUROC over FOLDS with these settings: see MEASURED in the README's test section.
-AUROC_BOUND = 0.0
-ID_ACCURACY_BOUND = 0.0
+# Measured on the 2-core CPU with these settings (mean over FOLDS): AUROC msp 0.708, maxlogit 0.729,
+# energy 0.736, entropy 0.720; ID accuracy 0.610-0.625. A shuffled score gives 0.496-0.506 (5 seeds).
+AUROC_BOUND = 0.62
+ID_ACCURACY_BOUND = 0.50
 
 
 @pytest.fixture(scope="module")

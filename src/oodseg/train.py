@@ -29,7 +29,7 @@ IGNORE = -1
 class TrainConfig:
     """How a network is trained; ``epochs`` x ``patches_per_epoch`` patches are seen in all."""
 
-    epochs: int = 25
+    epochs: int = 30
     patches_per_epoch: int = 64
     batch_size: int = 8
     patch: int = 64
