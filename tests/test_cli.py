@@ -26,6 +26,8 @@ def run(tmp_path, *args):
         (["--split", "random"], "unknown split 'random'"),
         (["--preset", "huge"], "unknown network preset 'huge'"),
         (["--annotation", "blobs"], "unknown annotation mode 'blobs'"),
+        (["--loss", "focal"], "unknown loss 'focal'"),
+        (["--features", "bottleneck"], "unknown feature choice 'bottleneck'"),
         (
             ["--preset", "reference", "--encoder-weights", "/nonexistent/b4.safetensors"],
             "encoder weights file not found",

@@ -67,7 +67,7 @@ def test_from_maps_flattens_pixels_in_raster_order():
 
 def test_registry_errors_name_the_choices():
     assert {"msp", "maxlogit", "energy", "entropy"} <= set(DETECTORS)
-    with pytest.raises(ValueError, match="unknown detector 'odin'.*msp"):
-        make_detector("odin")
+    with pytest.raises(ValueError, match="unknown detector 'mcdropout'.*msp"):
+        make_detector("mcdropout")
     with pytest.raises(ValueError, match="temperature must be positive"):
         make_detector("energy", temperature=0)

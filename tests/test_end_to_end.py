@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from oodseg.crossval import CrossvalConfig, crossval
+from oodseg.crossval import DEFAULT_DETECTORS, CrossvalConfig, crossval
 from oodseg.metrics import ood_metrics
 from oodseg.report import write_report
 from oodseg.train import TrainConfig
@@ -36,7 +36,7 @@ def test_outputs_have_every_fold_and_detector(run):
     res = json.loads((out / "results.json").read_text())
     assert {"dataset", "split", "folds", "summary", "config", "versions", "seconds"} <= set(res)
     assert res["dataset"] == "indian_pines" and res["split"] == "scene"
-    assert len(res["folds"]) == len(FOLDS) * 4
+    assert len(res["folds"]) == len(FOLDS) * len(DEFAULT_DETECTORS)
     assert {r["held_out"] for r in res["folds"]} == set(FOLDS)
     for r in res["folds"]:
         for key in (
@@ -53,7 +53,7 @@ def test_outputs_have_every_fold_and_detector(run):
         # The threshold keeps the target TPR on the calibration pixels.
         assert r["calibration_tpr"] >= 0.95
     csv_rows = (out / "results.csv").read_text().splitlines()
-    assert len(csv_rows) == 1 + len(FOLDS) * 4 + 2 * 4
+    assert len(csv_rows) == 1 + (len(FOLDS) + 2) * len(DEFAULT_DETECTORS)
     md = (out / "results.md").read_text()
     assert "| msp |" in md and "AUROC per fold" in md
     for png in ("roc.png", "histograms.png"):

@@ -12,7 +12,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from oodseg.metrics import ood_metrics, segmentation_metrics
+from oodseg.metrics import ScoreHistogram, ood_metrics, per_image_ood_metrics, segmentation_metrics
 
 
 def sklearn_metrics(id_s: np.ndarray, ood_s: np.ndarray) -> dict[str, float]:
@@ -95,3 +95,47 @@ def test_class_absent_from_both_maps_is_not_averaged():
     ours = segmentation_metrics(np.array([0, 0, 1]), np.array([0, 1, 1]), 3)
     assert np.isnan(ours["iou"][2])
     assert ours["miou"] == pytest.approx((0.5 + 0.5) / 2)
+
+
+def test_histogram_metrics_stay_within_their_bound_of_the_exact_values():
+    rng = np.random.default_rng(7)
+    id_s = rng.normal(1, 1, 400_000).astype(np.float32)
+    ood_s = rng.normal(0, 1.5, 150_000).astype(np.float32)
+    hist = ScoreHistogram()
+    for part in range(4):  # streamed in batches
+        hist.update(id_s[part::4], ood_s[part::4])
+    got = hist.compute()
+    exact = ood_metrics(id_s, ood_s)
+    assert got["auroc_error_bound"] <= 1e-4
+    assert abs(got["auroc"] - exact["auroc"]) <= got["auroc_error_bound"]
+    for k in ("aupr_in", "aupr_out", "ap", "fpr95"):
+        assert got[k] == pytest.approx(exact[k], abs=1e-3), k
+
+
+def test_histogram_is_exact_on_tied_scores_and_huge_offsets():
+    rng = np.random.default_rng(8)
+    id_s = 1e4 + rng.integers(0, 50, 20000).astype(np.float32)
+    ood_s = 1e4 + rng.integers(0, 40, 9000).astype(np.float32)
+    got = ScoreHistogram().update(id_s, ood_s).compute()
+    exact = ood_metrics(id_s, ood_s)
+    # Every distinct value has a bin of its own: the metrics are the exact ones.
+    for k in exact:
+        assert got[k] == pytest.approx(exact[k], abs=1e-12), k
+    neg = ScoreHistogram().update(-id_s, -ood_s).compute()
+    assert neg["auroc"] == pytest.approx(1 - exact["auroc"], abs=1e-12)
+
+
+def test_histogram_refuses_nan():
+    with pytest.raises(ValueError, match="NaN"):
+        ScoreHistogram().update(np.array([np.nan]), np.array([1.0]))
+
+
+def test_per_image_average():
+    rng = np.random.default_rng(9)
+    images = [(rng.normal(1, 1, 300), rng.normal(0, 1, 100)) for _ in range(3)]
+    images.append((rng.normal(size=50), np.array([])))  # no OOD pixel: not averaged
+    got = per_image_ood_metrics(images)
+    assert got["n_images"] == 3
+    assert got["auroc"] == pytest.approx(
+        np.mean([ood_metrics(i, o)["auroc"] for i, o in images[:3]])
+    )

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 from oodseg.model import build_network, load_matching_weights
-from oodseg.train import IGNORE, PatchDataset, TrainConfig, fit, infer
+from oodseg.train import IGNORE, PatchDataset, TrainConfig, fit, infer, network_input
 
 
 def test_small_network_returns_logits_and_features_at_full_resolution():
@@ -16,6 +16,18 @@ def test_small_network_returns_logits_and_features_at_full_resolution():
     w, b = net.head.weight[:, :, 0, 0], net.head.bias
     manual = torch.einsum("kf,bfhw->bkhw", w, features) + b[None, :, None, None]
     torch.testing.assert_close(logits, manual, rtol=1e-4, atol=1e-4)
+
+
+def test_hypercolumn_features_concatenate_every_decoder_stage_under_a_linear_head():
+    net = build_network("small", in_channels=5, num_classes=3, features="hypercolumn").eval()
+    logits, features = net(torch.randn(1, 5, 40, 48))
+    assert features.shape == (1, 64 + 32 + 16 + 16, 40, 48) == (1, net.feature_channels, 40, 48)
+    manual = torch.einsum("kf,bfhw->bkhw", net.head.weight[:, :, 0, 0], features)
+    torch.testing.assert_close(
+        logits, manual + net.head.bias[None, :, None, None], rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ValueError, match="unknown feature choice 'bottleneck'"):
+        build_network("small", 5, 3, features="bottleneck")
 
 
 def test_reference_network_loads_only_matching_local_weights(tmp_path):
@@ -75,6 +87,31 @@ def test_training_is_seeded_and_learns(tmp_path):
         assert (tmp_path / str(run) / "last.ckpt").is_file()
     for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    logits, _ = infer(nets[0], image, 16)
+    logits, _ = infer(nets[0], network_input(image, 16), (32, 32))
     pred = logits.argmax(0).numpy()
     assert (pred[:, :16] == 0).mean() > 0.8 and (pred[:, 16:] == 1).mean() > 0.8
+
+
+def test_logitnorm_loss_matches_its_formula_and_ignores_unlabelled_pixels():
+    from scipy.special import log_softmax
+
+    from oodseg.train import segmentation_loss
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 5, (2, 4, 3, 3))
+    y = rng.integers(0, 4, (2, 3, 3))
+    y[0, 0, :] = IGNORE
+    t = 0.1
+    zn = z / (t * (np.linalg.norm(z, axis=1, keepdims=True) + 1e-7))
+    logp = log_softmax(zn, axis=1)
+    keep = y != IGNORE
+    expected = -np.take_along_axis(logp, np.where(keep, y, 0)[:, None], 1)[:, 0][keep].mean()
+    got = segmentation_loss(torch.from_numpy(z), torch.from_numpy(y), "logitnorm", t)
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+    ce = segmentation_loss(torch.from_numpy(z), torch.from_numpy(y))
+    expected_ce = -np.take_along_axis(log_softmax(z, axis=1), np.where(keep, y, 0)[:, None], 1)[
+        :, 0
+    ][keep].mean()
+    assert ce.item() == pytest.approx(expected_ce, rel=1e-9)
+    with pytest.raises(ValueError, match="unknown loss 'focal'"):
+        TrainConfig(loss="focal")

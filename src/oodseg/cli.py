@@ -51,6 +51,12 @@ def crossval_command(
             help="Network preset: small (CPU) or reference (FlexibleUNet, EfficientNet-B4)."
         ),
     ] = "small",
+    features: Annotated[
+        str,
+        typer.Option(
+            help="Per-pixel features: last (decoder's last map) or hypercolumn (every decoder stage)."
+        ),
+    ] = "last",
     encoder_weights: Annotated[
         Path | None,
         typer.Option(help="Local encoder weights for the reference preset (never downloaded)."),
@@ -69,6 +75,12 @@ def crossval_command(
     ] = 1,
     epochs: Annotated[int, typer.Option(help="Training epochs per fold.")] = TrainConfig.epochs,
     seed: Annotated[int, typer.Option(help="Seed of annotations, splits and training.")] = 0,
+    loss: Annotated[
+        str, typer.Option(help="Training loss: ce (cross-entropy) or logitnorm.")
+    ] = "ce",
+    logitnorm_temperature: Annotated[
+        float, typer.Option(help="Temperature of the LogitNorm loss.")
+    ] = TrainConfig.logitnorm_temperature,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
 ) -> None:
@@ -85,10 +97,17 @@ def crossval_command(
             classes=_csv(classes),
             tpr=tpr,
             preset=preset,
+            features=features,
             annotation=annotation,
             budget=budget,
             margin=margin,
-            train=TrainConfig(epochs=epochs, seed=seed, device=device),
+            train=TrainConfig(
+                epochs=epochs,
+                seed=seed,
+                device=device,
+                loss=loss,
+                logitnorm_temperature=logitnorm_temperature,
+            ),
             encoder_weights=str(encoder_weights) if encoder_weights else None,
         )
     except ValueError as e:

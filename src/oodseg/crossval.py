@@ -18,14 +18,25 @@ from rich.console import Console
 
 from oodseg.annotate import AnnotationMode
 from oodseg.datasets import BandNormaliser, Scene, load_dataset
-from oodseg.detectors import DETECTORS, PixelOutputs, make_detector
-from oodseg.metrics import binary_curve, ood_metrics, segmentation_metrics
-from oodseg.model import PRESETS, build_network
+from oodseg.detectors import DETECTORS, Detector, InputDetector, PixelOutputs, make_detector
+from oodseg.metrics import Curve, metrics_from_counts, segmentation_metrics, tie_groups
+from oodseg.model import FEATURES, PRESETS, build_network
 from oodseg.splits import SplitName, make_split
 from oodseg.threshold import calibrate_threshold, open_set_labels
-from oodseg.train import IGNORE, TrainConfig, fit, infer
+from oodseg.train import IGNORE, TrainConfig, fit, infer, network_input
 
-DEFAULT_DETECTORS = ("msp", "maxlogit", "energy", "entropy")
+DEFAULT_DETECTORS = (
+    "msp",
+    "maxlogit",
+    "energy",
+    "entropy",
+    "gen",
+    "odin",
+    "mahalanobis",
+    "relative_mahalanobis",
+    "knn",
+    "vim",
+)
 DEFAULT_BUDGET = {"scene": 0.05, "blocks": 0.10}
 METRICS = (
     "auroc",
@@ -52,6 +63,7 @@ class CrossvalConfig:
     classes: tuple[str, ...] | None = None
     tpr: float = 0.95
     preset: str = "small"
+    features: str = "last"
     annotation: AnnotationMode = "strokes"
     budget: float | None = None
     margin: int = 1
@@ -63,6 +75,10 @@ class CrossvalConfig:
             raise ValueError(f"target TPR must be strictly between 0 and 1, got {self.tpr}")
         if self.split not in DEFAULT_BUDGET:
             raise ValueError(f"unknown split {self.split!r}; choose scene or blocks")
+        if self.features not in FEATURES:
+            raise ValueError(
+                f"unknown feature choice {self.features!r}; choose one of: {', '.join(FEATURES)}"
+            )
         if self.annotation not in ("strokes", "points"):
             raise ValueError(
                 f"unknown annotation mode {self.annotation!r}; choose strokes or points"
@@ -209,29 +225,36 @@ def _run_fold(
         config.preset,
         scene.cube.shape[-1],
         k,
+        features=config.features,
         encoder_weights=Path(config.encoder_weights) if config.encoder_weights else None,
     )
     ckpt = checkpoint_root / f"fold_{held_out:02d}" if checkpoint_root else None
     fit(net, image, target, train_config, checkpoint_dir=ckpt)
-    logits, features = infer(net, image, PRESETS[config.preset].divisor, device)
+    x = network_input(image, PRESETS[config.preset].divisor, device)
+    logits, features = infer(net, x, scene.labels.shape)
     train_mask = torch.from_numpy(target != IGNORE)
-    train_outputs = PixelOutputs.from_maps(logits, features, train_mask)
-    train_labels = torch.from_numpy(target[target != IGNORE])
-    all_outputs = PixelOutputs.from_maps(logits, features)
+    train = (
+        PixelOutputs.from_maps(logits, features, train_mask, head=net.head),
+        torch.from_numpy(target[target != IGNORE]),
+    )
+    every_pixel = PixelOutputs.from_maps(logits, features, head=net.head)
     logits_np = logits.numpy()
     closed_set = logits_np.argmax(axis=0)
 
     rows, figures = [], {}
     for name in config.detectors:
-        detector = make_detector(name).fit(train_outputs, train_labels)
-        score_map = detector.score(all_outputs).reshape(scene.labels.shape).numpy()
+        detector = make_detector(name)
+        start = time.perf_counter()
+        score_map = _score_map(detector, net, x, scene.labels.shape, train, every_pixel)
+        seconds = time.perf_counter() - start
         threshold = calibrate_threshold(score_map[calibration], config.tpr)
         prediction = open_set_labels(logits_np, score_map, threshold)
         seg = segmentation_metrics(truth[scored], prediction[scored], k + 1)
+        groups = tie_groups(score_map[id_test], score_map[ood_test])
         row = {
             "held_out": scene.class_names[held_out - 1],
             "detector": name,
-            **ood_metrics(score_map[id_test], score_map[ood_test]),
+            **metrics_from_counts(*groups),
             "threshold": threshold,
             "id_accuracy": float((prediction[id_test] == truth[id_test]).mean()),
             "closed_set_accuracy": float((closed_set[id_test] == truth[id_test]).mean()),
@@ -240,6 +263,7 @@ def _run_fold(
             "mdice_k_plus_1": seg["mdice"],
             "calibration_tpr": float((score_map[calibration] >= threshold).mean()),
             "test_tpr": float((score_map[id_test] >= threshold).mean()),
+            "detector_seconds": seconds,
             "n_id": int(id_test.sum()),
             "n_ood": int(ood_test.sum()),
             "iou_k_plus_1": {
@@ -250,7 +274,7 @@ def _run_fold(
             },
         }
         rows.append(row)
-        curve = binary_curve(score_map[id_test], score_map[ood_test])
+        curve = Curve.from_counts(*groups)
         figures[name] = FoldFigures(
             score_map,
             prediction,
@@ -260,6 +284,22 @@ def _run_fold(
             (curve.fpr, curve.tpr),
         )
     return rows, figures
+
+
+def _score_map(
+    detector: Detector,
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    size: tuple[int, int],
+    train: tuple[PixelOutputs, torch.Tensor],
+    every_pixel: PixelOutputs,
+) -> np.ndarray:
+    """Fit a detector on the training annotated pixels (outputs, class indices) and score every
+    pixel of the image; a detector that perturbs the input re-runs the network instead."""
+    h, w = size
+    if isinstance(detector, InputDetector):
+        return detector.score_image(net, x)[0, :h, :w].cpu().numpy()
+    return detector.fit(*train).score(every_pixel).reshape(h, w).numpy()
 
 
 def summarise(

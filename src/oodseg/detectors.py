@@ -4,10 +4,15 @@ Every detector follows scikit-learn's estimator contract: ``fit`` learns what it
 *training annotated* pixels and returns ``self`` (fitted state in trailing-underscore attributes);
 ``score`` is pure and returns one ID-ness score per pixel, **higher = more in-distribution**.
 
-Pixels are given flattened, as :class:`PixelOutputs` (logits (P, K) and features (P, F)), so one
-detector scores a whole image, a batch of images or a sample of pixels alike. As in pytorch-ood,
-logit-based detectors read only the logits; feature-based ones read the features and leave the
-pipeline unchanged.
+Pixels are given flattened, as :class:`PixelOutputs` (logits (P, K), features (P, F) and the linear
+head that maps one to the other), so one detector scores a whole image, a batch of images or a sample
+of pixels alike. As in pytorch-ood, logit-based detectors read only the logits and feature-based ones
+the features; a detector that must re-run the network (ODIN) scores whole inputs instead.
+
+Feature-based detectors also offer ``partial_fit``: statistics are streamed (per-class sums and
+second moments, seeded reservoir subsamples), so fitting on a large data set never holds every
+training pixel's feature at once. pytorch-ood pools these detectors over the image; none of the
+public libraries computes them per pixel, hence our own implementations.
 """
 
 from __future__ import annotations
@@ -17,25 +22,38 @@ from dataclasses import dataclass
 from typing import ClassVar, Self
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
 class PixelOutputs:
-    """The network's outputs at P pixels: ``logits`` (P, K) and ``features`` (P, F)."""
+    """The network's outputs at P pixels: ``logits`` (P, K), ``features`` (P, F), and the linear
+    head (``head_weight`` (K, F), ``head_bias`` (K,)) with logits = features @ W.T + b."""
 
     logits: torch.Tensor
     features: torch.Tensor
+    head_weight: torch.Tensor | None = None
+    head_bias: torch.Tensor | None = None
 
     @classmethod
     def from_maps(
-        cls, logits: torch.Tensor, features: torch.Tensor, mask: torch.Tensor | None = None
-    ):
-        """Flatten (C, H, W) maps, keeping the pixels where ``mask`` (H, W) is true."""
+        cls,
+        logits: torch.Tensor,
+        features: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        head: nn.Conv2d | None = None,
+    ) -> PixelOutputs:
+        """Flatten (C, H, W) maps, keeping the pixels where ``mask`` (H, W) is true; ``head`` is the
+        network's 1 x 1 classification convolution."""
         lg, ft = logits.flatten(1).T, features.flatten(1).T
         if mask is not None:
             m = mask.flatten()
             lg, ft = lg[m], ft[m]
-        return cls(lg, ft)
+        if head is None:
+            return cls(lg, ft)
+        if head.kernel_size != (1, 1):
+            raise ValueError("feature detectors that need the head (ViM) need a 1 x 1 linear head")
+        return cls(lg, ft, head.weight.detach()[:, :, 0, 0].cpu(), head.bias.detach().cpu())
 
 
 class Detector(ABC):
@@ -50,6 +68,17 @@ class Detector(ABC):
     @abstractmethod
     def score(self, outputs: PixelOutputs) -> torch.Tensor:
         """ID-ness per pixel, shape (P,), float64."""
+
+
+class InputDetector(Detector):
+    """A detector that re-runs the network on a modified input (ODIN): it scores whole images."""
+
+    def score(self, outputs: PixelOutputs) -> torch.Tensor:
+        raise TypeError(f"{self.name} needs the network and its input: call score_image")
+
+    @abstractmethod
+    def score_image(self, net: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """ID-ness map (B, H, W), float64, of an input batch (B, C, H, W)."""
 
 
 class LogitDetector(Detector):
@@ -122,3 +151,246 @@ class Entropy(LogitDetector):
     def score_logits(self, logits: torch.Tensor) -> torch.Tensor:
         logp = logits.log_softmax(dim=1)
         return (logp.exp() * logp).sum(dim=1)
+
+
+@register
+class GEN(LogitDetector):
+    """Generalised entropy, −Σ over the top-M probabilities of p^γ (1 − p)^γ (Liu et al., 2023)."""
+
+    name = "gen"
+
+    def __init__(self, gamma: float = 0.1, top_m: int = 100):
+        self.gamma, self.top_m = gamma, top_m
+
+    def score_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        p = logits.softmax(dim=1).topk(min(self.top_m, logits.shape[1]), dim=1).values
+        return -(p**self.gamma * (1 - p) ** self.gamma).sum(dim=1)
+
+
+@register
+class ODIN(InputDetector):
+    """Temperature-scaled MSP after a small input step that raises it (Liang et al., 2018). Per
+    pixel: one backward pass of the summed per-pixel log-MSP gives every pixel's input gradient, so
+    it costs a forward, a backward and a second forward per image."""
+
+    name = "odin"
+
+    def __init__(self, temperature: float = 1000.0, epsilon: float = 0.001):
+        self.temperature, self.epsilon = temperature, epsilon
+
+    def score_image(self, net: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        x = image.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits, _ = net(x)
+            logits.div(self.temperature).log_softmax(dim=1).amax(dim=1).sum().backward()
+        with torch.no_grad():
+            logits, _ = net(x + self.epsilon * x.grad.sign())
+        return logits.double().div(self.temperature).softmax(dim=1).amax(dim=1)
+
+
+def _oas(cov: torch.Tensor, n: int) -> torch.Tensor:
+    """Oracle-approximating shrinkage of an empirical covariance towards a scaled identity (Chen et
+    al., 2010). Like Ledoit–Wolf it keeps the estimate invertible with fewer pixels than
+    dimensions, but it needs only the covariance itself, so it works on streamed moments."""
+    f = cov.shape[0]
+    mu = torch.trace(cov) / f
+    alpha = (cov**2).mean()
+    den = (n + 1) * (alpha - mu**2 / f)
+    shrinkage = 1.0 if den == 0 else min(float((alpha + mu**2) / den), 1.0)
+    return (1 - shrinkage) * cov + shrinkage * mu * torch.eye(f, dtype=cov.dtype)
+
+
+def _squared_distances(
+    x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor
+) -> torch.Tensor:
+    """(P, K) squared Mahalanobis distances of P points to K means under one precision matrix."""
+    chol = torch.linalg.cholesky(precision)
+    z, m = x @ chol, means @ chol
+    return ((z**2).sum(1, keepdim=True) - 2 * z @ m.T + (m**2).sum(1)).clamp_min(0)
+
+
+class _ClassMomentsDetector(Detector):
+    """Streams per-class pixel counts and feature sums and the total second moment (float64).
+
+    ``normalize`` L2-normalises each pixel's feature vector first: per pixel, the feature norm varies
+    with texture and contrast far more than with class, and on Indian Pines this lifted the mean
+    AUROC of Mahalanobis on the last decoder layer from 0.56 to 0.74 (scene protocol; see README)."""
+
+    def __init__(self, normalize: bool = True):
+        self.normalize = normalize
+
+    def _features(self, outputs: PixelOutputs) -> torch.Tensor:
+        x = outputs.features.double()
+        return nn.functional.normalize(x, dim=1) if self.normalize else x
+
+    def fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:
+        for attr in ("counts_", "sums_", "second_"):
+            self.__dict__.pop(attr, None)
+        return self.partial_fit(outputs, labels)
+
+    def partial_fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:
+        x = self._features(outputs)
+        k = max(int(labels.max()) + 1, len(getattr(self, "counts_", [])))
+        counts = torch.bincount(labels, minlength=k).double()
+        sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, labels, x)
+        if hasattr(self, "counts_"):
+            old = len(self.counts_)
+            counts[:old] += self.counts_
+            sums[:old] += self.sums_
+            second = self.second_ + x.T @ x
+        else:
+            second = x.T @ x
+        self.counts_, self.sums_, self.second_ = counts, sums, second
+        self._update()
+        return self
+
+    def _update(self) -> None:
+        n = self.counts_.sum()
+        present = self.counts_ > 0
+        self.means_ = self.sums_[present] / self.counts_[present, None]
+        within = (
+            self.second_ - (self.sums_[present].T / self.counts_[present]) @ self.sums_[present]
+        )
+        self.precision_ = torch.linalg.inv(_oas(within / n, int(n)))
+
+
+@register
+class Mahalanobis(_ClassMomentsDetector):
+    """−min over classes of the squared Mahalanobis distance to the class mean, with one shared,
+    shrunk covariance (Lee et al., 2018)."""
+
+    name = "mahalanobis"
+
+    def score(self, outputs: PixelOutputs) -> torch.Tensor:
+        d = _squared_distances(self._features(outputs), self.means_, self.precision_)
+        return -d.min(dim=1).values
+
+
+@register
+class RelativeMahalanobis(Mahalanobis):
+    """Mahalanobis minus the distance under one class-agnostic Gaussian of all training pixels
+    (Ren et al., 2021): removes what every class shares."""
+
+    name = "relative_mahalanobis"
+
+    def _update(self) -> None:
+        super()._update()
+        n = self.counts_.sum()
+        self.background_mean_ = self.sums_.sum(0) / n
+        cov = self.second_ / n - torch.outer(self.background_mean_, self.background_mean_)
+        self.background_precision_ = torch.linalg.inv(_oas(cov, int(n)))
+
+    def score(self, outputs: PixelOutputs) -> torch.Tensor:
+        x = self._features(outputs)
+        d0 = _squared_distances(x, self.background_mean_[None], self.background_precision_)[:, 0]
+        return super().score(outputs) + d0
+
+
+class _Reservoir:
+    """A seeded uniform subsample of at most ``size`` rows of a stream, per group (class): each row
+    draws a random key and the rows with the smallest keys are kept."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.generator = size, torch.Generator().manual_seed(seed)
+        self.keys: dict[int, torch.Tensor] = {}
+        self.rows: dict[int, torch.Tensor] = {}
+
+    def add(self, rows: torch.Tensor, groups: torch.Tensor) -> None:
+        keys = torch.rand(len(rows), generator=self.generator, dtype=torch.float64)
+        for g in groups.unique().tolist():
+            sel = groups == g
+            k = torch.cat([self.keys.get(g, keys[:0]), keys[sel]])
+            r = torch.cat([self.rows.get(g, rows[:0]), rows[sel]])
+            keep = k.argsort()[: self.size]
+            self.keys[g], self.rows[g] = k[keep], r[keep]
+
+    def balanced(self, total: int) -> torch.Tensor:
+        """Up to ``total`` rows, the same quota per group."""
+        quota = max(1, total // max(1, len(self.rows)))
+        return torch.cat([self.rows[g][:quota] for g in sorted(self.rows)])
+
+
+@register
+class KNN(Detector):
+    """Cosine similarity to the k-th nearest training pixel feature, minus one (i.e. the negated
+    cosine distance; Sun et al., 2022). The bank is a seeded, class-balanced subsample of at most
+    ``bank_size`` training pixels; queries are scored in chunks so memory stays bounded."""
+
+    name = "knn"
+
+    def __init__(self, k: int = 10, bank_size: int = 20000, seed: int = 0, chunk: int = 8192):
+        if k < 1:
+            raise ValueError(f"KNN needs k >= 1, got {k}")
+        self.k, self.bank_size, self.seed, self.chunk = k, bank_size, seed, chunk
+
+    def fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:
+        self.reservoir_ = _Reservoir(self.bank_size, self.seed)
+        return self.partial_fit(outputs, labels)
+
+    def partial_fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:
+        if not hasattr(self, "reservoir_"):
+            self.reservoir_ = _Reservoir(self.bank_size, self.seed)
+        self.reservoir_.add(nn.functional.normalize(outputs.features.float(), dim=1), labels)
+        self.bank_ = self.reservoir_.balanced(self.bank_size)
+        return self
+
+    def score(self, outputs: PixelOutputs) -> torch.Tensor:
+        if len(self.bank_) < self.k:
+            raise ValueError(
+                f"the KNN bank holds {len(self.bank_)} training pixels, fewer than k = {self.k}: "
+                "lower k or annotate more pixels"
+            )
+        q = nn.functional.normalize(outputs.features.float(), dim=1)
+        kth = [(c @ self.bank_.T).topk(self.k, dim=1).values[:, -1] for c in q.split(self.chunk)]
+        return torch.cat(kth).double() - 1
+
+
+@register
+class ViM(Detector):
+    """Virtual-logit matching (Wang et al., 2022): energy minus α times the norm of the feature's
+    residual outside the principal subspace of the training features, both taken from the origin
+    −W⁺b of the linear head. ``dim`` is the principal subspace's size (default: half the features);
+    α matches the mean residual norm to the mean maximum logit on training pixels."""
+
+    name = "vim"
+
+    def __init__(self, dim: int | None = None, alpha_sample: int = 20000, seed: int = 0):
+        self.dim, self.alpha_sample, self.seed = dim, alpha_sample, seed
+
+    def fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:
+        for attr in ("second_", "count_", "reservoir_"):
+            self.__dict__.pop(attr, None)
+        return self.partial_fit(outputs, labels)
+
+    def partial_fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:  # noqa: ARG002
+        if outputs.head_weight is None:
+            raise ValueError("ViM needs the network's linear head (PixelOutputs.head_weight)")
+        w, b = outputs.head_weight.double(), outputs.head_bias.double()
+        self.origin_ = -torch.linalg.pinv(w) @ b
+        x = outputs.features.double() - self.origin_
+        if not hasattr(self, "second_"):
+            self.second_, self.count_ = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64), 0
+            self.reservoir_ = _Reservoir(self.alpha_sample, self.seed)
+        self.second_ += x.T @ x
+        self.count_ += len(x)
+        self.reservoir_.add(
+            torch.cat([x, outputs.logits.double().amax(1, keepdim=True)], 1),
+            torch.zeros(len(x), dtype=torch.long),
+        )
+        f = x.shape[1]
+        dim = self.dim if self.dim is not None else f // 2
+        if not 0 < dim < f:
+            raise ValueError(
+                f"ViM's principal subspace must be smaller than the {f} features, got {dim}"
+            )
+        _, vectors = torch.linalg.eigh(self.second_ / self.count_)  # ascending eigenvalues
+        self.residual_basis_ = vectors[:, : f - dim]
+        sample = self.reservoir_.balanced(self.alpha_sample)
+        residual = (sample[:, :-1] @ self.residual_basis_).norm(dim=1)
+        self.alpha_ = float(sample[:, -1].mean() / residual.mean())
+        return self
+
+    def score(self, outputs: PixelOutputs) -> torch.Tensor:
+        x = outputs.features.double() - self.origin_
+        residual = (x @ self.residual_basis_).norm(dim=1)
+        return torch.logsumexp(outputs.logits.double(), dim=1) - self.alpha_ * residual

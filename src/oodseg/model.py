@@ -7,10 +7,12 @@ features, which ViM-like detectors need) turns the features into logits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, FlexibleUNet
 from torch import nn
 
@@ -38,21 +40,45 @@ PRESETS = {
 }
 
 
+FEATURES = ("last", "hypercolumn")
+
+
 class Segmenter(nn.Module):
-    """``forward(x) -> (logits, features)``, both (B, ·, H, W) at the input resolution."""
+    """``forward(x) -> (logits, features)``, both (B, ·, H, W) at the input resolution.
+
+    ``features`` is the decoder's last map, and with ``taps`` also the outputs of those earlier
+    decoder stages, upsampled to the input size and concatenated (a hypercolumn). The head is a
+    1 x 1 convolution on these features, so logits = W · features + b at every pixel.
+    """
 
     def __init__(
-        self, backbone: nn.Module, feature_channels: int, num_classes: int, head_kernel: int = 1
+        self,
+        backbone: nn.Module,
+        last_channels: int,
+        num_classes: int,
+        taps: Sequence[tuple[nn.Module, int]] = (),
     ):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Conv2d(feature_channels, num_classes, head_kernel, padding=head_kernel // 2)
-        self.feature_channels = feature_channels
+        self._tapped: list[torch.Tensor] = []
+        for module, _ in taps:
+            module.register_forward_hook(lambda _m, _i, out: self._tapped.append(out))
+        self.feature_channels = last_channels + sum(c for _, c in taps)
         self.num_classes = num_classes
+        self.head = nn.Conv2d(self.feature_channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone(x)
-        return self.head(features), features
+        self._tapped.clear()
+        last = self.backbone(x)
+        if self._tapped:
+            size = last.shape[-2:]
+            stages = [
+                F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+                for t in self._tapped
+            ]
+            last = torch.cat([*stages, last], dim=1)
+            self._tapped.clear()
+        return self.head(last), last
 
 
 def build_network(
@@ -60,28 +86,35 @@ def build_network(
     in_channels: int,
     num_classes: int,
     *,
+    features: str = "last",
     encoder_weights: Path | None = None,
-    norm: str = "batch",
 ) -> Segmenter:
-    """The network of a preset. ``encoder_weights`` (reference preset only) is a local safetensors or
+    """The network of a preset. ``features``: ``last`` (the decoder's last map) or ``hypercolumn``
+    (every decoder stage). ``encoder_weights`` (reference preset only) is a local safetensors or
     PyTorch state dict for the EfficientNet-B4 encoder; nothing is ever downloaded."""
     if preset not in PRESETS:
         raise ValueError(f"unknown network preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if features not in FEATURES:
+        raise ValueError(
+            f"unknown feature choice {features!r}; choose one of: {', '.join(FEATURES)}"
+        )
+    hypercolumn = features == "hypercolumn"
     if preset == "small":
         if encoder_weights is not None:
             raise ValueError("encoder weights apply to the reference preset only")
-        features = (16, 16, 32, 64, 128, 16)
+        fea = (16, 16, 32, 64, 128, 16)
         # Batch norm, not MONAI's default instance norm: instance norm would remove each patch's mean
         # spectrum, which is what tells many land-cover and tissue classes apart.
         net = BasicUNet(
             spatial_dims=2,
             in_channels=in_channels,
             out_channels=num_classes,
-            features=features,
-            norm=norm,
+            features=fea,
+            norm="batch",
         )
         net.final_conv = nn.Identity()
-        return Segmenter(net, features[-1], num_classes)
+        taps = [(net.upcat_4, fea[3]), (net.upcat_3, fea[2]), (net.upcat_2, fea[1])]
+        return Segmenter(net, fea[5], num_classes, taps if hypercolumn else ())
     decoder_channels = (256, 128, 64, 32, 16)
     net = FlexibleUNet(
         in_channels=in_channels,
@@ -93,7 +126,8 @@ def build_network(
     net.segmentation_head = nn.Identity()
     if encoder_weights is not None:
         load_matching_weights(net.encoder, encoder_weights)
-    return Segmenter(net, decoder_channels[-1], num_classes)
+    taps = list(zip(net.decoder.blocks[:-1], decoder_channels[:-1], strict=True))
+    return Segmenter(net, decoder_channels[-1], num_classes, taps if hypercolumn else ())
 
 
 def load_matching_weights(module: nn.Module, path: Path) -> int:

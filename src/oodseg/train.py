@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from oodseg.model import Segmenter
 
 IGNORE = -1
+LOSSES = ("ce", "logitnorm")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,16 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     device: str = "auto"
+    loss: str = "ce"  # "ce" or "logitnorm"
+    logitnorm_temperature: float = 0.04
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
+        if self.logitnorm_temperature <= 0:
+            raise ValueError(
+                f"LogitNorm temperature must be positive, got {self.logitnorm_temperature}"
+            )
 
 
 class PatchDataset(Dataset):
@@ -84,22 +95,30 @@ def _pad_to(
     return image, target
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """K-way cross-entropy over the annotated pixels only."""
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, loss: str = "ce", temperature: float = 0.04
+) -> torch.Tensor:
+    """K-way cross-entropy over the annotated pixels only. ``logitnorm`` (Wei et al., 2022) first
+    divides each pixel's logit vector by temperature x its L2 norm, so training cannot lower the loss
+    by inflating logits, which keeps OOD pixels' logits small."""
+    if loss == "logitnorm":
+        logits = logits / (temperature * (logits.norm(dim=1, keepdim=True) + 1e-7))
     return F.cross_entropy(logits, target, ignore_index=IGNORE)
 
 
 class SparseSegmentation(L.LightningModule):
     """Lightning wrapper: the training step of the method."""
 
-    def __init__(self, net: Segmenter, lr: float, weight_decay: float):
+    def __init__(self, net: Segmenter, config: TrainConfig):
         super().__init__()
-        self.net, self.lr, self.weight_decay = net, lr, weight_decay
+        self.net, self.config = net, config
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         image, target = batch
         logits, _ = self.net(image)
-        loss = segmentation_loss(logits, target)
+        loss = segmentation_loss(
+            logits, target, self.config.loss, self.config.logitnorm_temperature
+        )
         self.log("loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(image))
         return loss
 
@@ -107,7 +126,9 @@ class SparseSegmentation(L.LightningModule):
         self.trainer.train_dataloader.dataset.epoch = self.current_epoch
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.trainer.max_epochs)
         return [opt], [sched]
 
@@ -138,7 +159,7 @@ def fit(
         callbacks.append(
             ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_top_k=0, save_last=True)
         )
-    module = SparseSegmentation(net, config.lr, config.weight_decay)
+    module = SparseSegmentation(net, config)
     loader = DataLoader(data, batch_size=config.batch_size, shuffle=False, num_workers=0)
     with _quiet_lightning():
         trainer = L.Trainer(
@@ -175,16 +196,22 @@ def _quiet_lightning() -> Iterator[None]:
             lg.setLevel(level)
 
 
-@torch.no_grad()
-def infer(
-    net: Segmenter, image: np.ndarray, divisor: int, device: str | torch.device = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (K, H, W) and features (F, H, W) of a whole (H, W, C) image, padded to a multiple of
-    ``divisor`` for the network and cropped back."""
+def network_input(
+    image: np.ndarray, divisor: int, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """A (1, C, H', W') tensor of an (H, W, C) image, edge-padded to sides that are multiples of
+    ``divisor`` (what the U-Net's down-sampling needs); crop outputs back to (H, W)."""
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
     h, w = x.shape[-2:]
-    ph, pw = -h % divisor, -w % divisor
-    x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    net = net.to(device).eval()
-    logits, features = net(x.to(device))
+    return F.pad(x, (0, -w % divisor, 0, -h % divisor), mode="replicate").to(device)
+
+
+@torch.no_grad()
+def infer(
+    net: Segmenter, x: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (K, H, W) and features (F, H, W) on the CPU of a :func:`network_input` cropped to
+    ``size``."""
+    h, w = size
+    logits, features = net.to(x.device).eval()(x)
     return logits[0, :, :h, :w].float().cpu(), features[0, :, :h, :w].float().cpu()

@@ -1,0 +1,76 @@
+"""Cost of each OOD detector per megapixel, next to the network's forward pass on the same input.
+
+    .venv/bin/python bench/detector_cost.py [--side 512] [--repeats 5]
+
+Input: a side x side crop tiled from the normalised Indian Pines cube (200 bands) through the small
+preset with 15 classes. Detectors are fitted on 4,000 pixels (not timed); each then scores every
+pixel; ODIN re-runs the network (forward, backward, forward). Median of the repeats, one table.
+Target: every detector except ODIN costs less than the forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from oodseg.crossval import DEFAULT_DETECTORS
+from oodseg.datasets import BandNormaliser, load_indian_pines
+from oodseg.detectors import InputDetector, PixelOutputs, make_detector
+from oodseg.model import build_network
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--side", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    scene = load_indian_pines()
+    cube = BandNormaliser.fit(scene.cube, scene.labels >= 0)(scene.cube)
+    reps = -(-args.side // 145)
+    tiled = np.tile(cube, (reps, reps, 1))[: args.side, : args.side]
+    x = torch.from_numpy(np.ascontiguousarray(tiled.transpose(2, 0, 1)))[None]
+    net = build_network("small", 200, 15).eval()
+    mp = args.side**2 / 1e6
+    with torch.no_grad():
+        forward = median_seconds(lambda: net(x), args.repeats)
+        logits, features = net(x)
+    every = PixelOutputs.from_maps(logits[0], features[0], head=net.head)
+    rng = np.random.default_rng(0)
+    fit_idx = torch.from_numpy(rng.choice(args.side**2, 4000, replace=False))
+    train = PixelOutputs(
+        every.logits[fit_idx], every.features[fit_idx], every.head_weight, every.head_bias
+    )
+    labels = logits[0].flatten(1).T[fit_idx].argmax(1)
+    print(
+        f"input 1 x 200 x {args.side} x {args.side} ({mp:.2f} MP), small preset, {torch.get_num_threads()} threads"
+    )
+    print()
+    print("| step | ms per MP | x forward |")
+    print("|---|---|---|")
+    print(f"| network forward | {1e3 * forward / mp:.0f} | 1.00 |")
+    for name in DEFAULT_DETECTORS:
+        det = make_detector(name)
+        if isinstance(det, InputDetector):
+            cost = median_seconds(lambda d=det: d.score_image(net, x), args.repeats)
+        else:
+            det.fit(train, labels)
+            cost = median_seconds(lambda d=det: d.score(every), args.repeats)
+        print(f"| {name} | {1e3 * cost / mp:.0f} | {cost / forward:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
