@@ -25,12 +25,14 @@ from oodseg.splits import SplitName, make_split
 from oodseg.threshold import calibrate_threshold, open_set_labels
 from oodseg.train import IGNORE, TrainConfig, fit, infer, network_input
 
+# GEN first: the detector the report's panels show. Over both protocols and both feature choices on
+# Indian Pines it had the best mean AUROC, at 0.4x the forward pass and with nothing to fit.
 DEFAULT_DETECTORS = (
+    "gen",
     "msp",
     "maxlogit",
     "energy",
     "entropy",
-    "gen",
     "odin",
     "mahalanobis",
     "relative_mahalanobis",

@@ -32,6 +32,15 @@ LABELS = {
     "mdice_k_plus_1": "mDice (K+1)",
 }
 SUMMARY_METRICS = tuple(m for m in METRICS if m != "threshold")
+CONSOLE_METRICS = (
+    "auroc",
+    "aupr_in",
+    "aupr_out",
+    "fpr95",
+    "id_accuracy",
+    "ood_recall",
+    "miou_k_plus_1",
+)
 FOLD_TABLES = ("auroc", "fpr95", "id_accuracy", "ood_recall", "miou_k_plus_1")
 PANEL_FOLDS = 3
 
@@ -95,6 +104,12 @@ def markdown(res: dict) -> str:
             + " | ".join(_fmt(res["summary"][d], metric) for d in detectors)
             + " |"
         )
+    cost: dict[str, list[float]] = {}
+    for r in res["folds"]:
+        cost.setdefault(r["detector"], []).append(r["detector_seconds"])
+    lines += ["", "## Detector cost (fit + score of the whole image, mean per fold)", ""]
+    lines += ["| detector | seconds |", "|---|---|"]
+    lines += [f"| {d} | {np.mean(v):.3f} |" for d, v in cost.items()]
     if res["skipped_folds"]:
         lines += [
             "",
@@ -125,36 +140,13 @@ def csv_table(res: dict) -> str:
 
 def print_summary(res: dict, console: Console) -> None:
     """The mean ± std table on the console."""
-    table = Table(
-        title=f"{res['dataset']} / {res['split']}: mean ± std over folds ({res['seconds']:.0f} s)"
-    )
+    title = f"{res['dataset']} / {res['split']}: mean ± std over folds ({res['seconds']:.0f} s)"
+    table = Table(title=title)
     table.add_column("detector")
-    for m in (
-        "auroc",
-        "aupr_in",
-        "aupr_out",
-        "fpr95",
-        "id_accuracy",
-        "ood_recall",
-        "miou_k_plus_1",
-    ):
+    for m in CONSOLE_METRICS:
         table.add_column(LABELS[m], justify="right")
     for d, s in res["summary"].items():
-        table.add_row(
-            d,
-            *(
-                _fmt(s, m)
-                for m in (
-                    "auroc",
-                    "aupr_in",
-                    "aupr_out",
-                    "fpr95",
-                    "id_accuracy",
-                    "ood_recall",
-                    "miou_k_plus_1",
-                )
-            ),
-        )
+        table.add_row(d, *(_fmt(s, m) for m in CONSOLE_METRICS))
     console.print(table)
 
 
@@ -176,11 +168,8 @@ def plot_roc(result: CrossvalResult, path: Path) -> None:
             fpr, tpr = fold["figures"][det].roc
             ax.plot(fpr, tpr, lw=0.8, alpha=0.7)
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set(
-            title=f"{det}: AUROC {_fmt(result.results['summary'][det], 'auroc')}",
-            xlabel="FPR (OOD kept)",
-            ylabel="TPR (ID kept)",
-        )
+        ax.set_title(f"{det}: AUROC {_fmt(result.results['summary'][det], 'auroc')}", fontsize=9)
+        ax.set(xlabel="FPR (OOD kept)", ylabel="TPR (ID kept)")
     fig.suptitle(f"ROC per held-out class ({result.results['dataset']}, {result.results['split']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
