@@ -21,7 +21,7 @@ from oodseg.datasets import BandNormaliser, Scene, load_dataset
 from oodseg.detectors import DETECTORS, Detector, InputDetector, PixelOutputs, make_detector
 from oodseg.metrics import Curve, metrics_from_counts, segmentation_metrics, tie_groups
 from oodseg.model import FEATURES, PRESETS, build_network
-from oodseg.splits import SplitName, make_split
+from oodseg.splits import Split, SplitName, make_split
 from oodseg.threshold import calibrate_threshold, open_set_labels
 from oodseg.train import IGNORE, TrainConfig, fit, infer, network_input
 
@@ -202,7 +202,7 @@ def crossval(
 
 def _run_fold(
     scene: Scene,
-    split,
+    split: Split,
     image: np.ndarray,
     held_out: int,
     known: list[int],
