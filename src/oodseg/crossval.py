@@ -176,6 +176,7 @@ def crossval(
         raise ValueError("no fold could be run: none of the held-out classes has test pixels")
     results = {
         "dataset": scene.name,
+        "credit": scene.credit,
         "split": config.split,
         "protocol": split.description,
         "folds": rows,

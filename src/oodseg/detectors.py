@@ -209,7 +209,34 @@ def _squared_distances(
     return ((z**2).sum(1, keepdim=True) - 2 * z @ m.T + (m**2).sum(1)).clamp_min(0)
 
 
-class _ClassMomentsDetector(Detector):
+class StreamingDetector(Detector):
+    """A detector fitted on streamed statistics: ``partial_fit`` adds a batch of training pixels,
+    ``fit`` starts afresh. Subclasses say how to start (``_start``), what a batch adds (``_add``) and
+    how the fitted state follows from what was added (``_refresh``)."""
+
+    def fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:
+        self._start()
+        return self.partial_fit(outputs, labels)
+
+    def partial_fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:
+        if not hasattr(self, "n_seen_"):
+            self._start()
+        self._add(outputs, labels)
+        self.n_seen_ += len(labels)
+        self._refresh()
+        return self
+
+    def _start(self) -> None:
+        self.n_seen_ = 0
+
+    @abstractmethod
+    def _add(self, outputs: PixelOutputs, labels: torch.Tensor) -> None: ...
+
+    @abstractmethod
+    def _refresh(self) -> None: ...
+
+
+class _ClassMomentsDetector(StreamingDetector):
     """Streams per-class pixel counts and feature sums and the total second moment (float64).
 
     ``normalize`` L2-normalises each pixel's feature vector first: per pixel, the feature norm varies
@@ -223,35 +250,29 @@ class _ClassMomentsDetector(Detector):
         x = outputs.features.double()
         return nn.functional.normalize(x, dim=1) if self.normalize else x
 
-    def fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:
-        for attr in ("counts_", "sums_", "second_"):
-            self.__dict__.pop(attr, None)
-        return self.partial_fit(outputs, labels)
+    def _start(self) -> None:
+        super()._start()
+        self.counts_ = torch.zeros(0, dtype=torch.float64)
+        self.sums_ = torch.zeros(0, dtype=torch.float64)
+        self.second_ = torch.zeros((), dtype=torch.float64)
 
-    def partial_fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:
+    def _add(self, outputs: PixelOutputs, labels: torch.Tensor) -> None:
         x = self._features(outputs)
-        k = max(int(labels.max()) + 1, len(getattr(self, "counts_", [])))
+        k, seen = max(int(labels.max()) + 1, len(self.counts_)), len(self.counts_)
         counts = torch.bincount(labels, minlength=k).double()
         sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, labels, x)
-        if hasattr(self, "counts_"):
-            old = len(self.counts_)
-            counts[:old] += self.counts_
-            sums[:old] += self.sums_
-            second = self.second_ + x.T @ x
-        else:
-            second = x.T @ x
-        self.counts_, self.sums_, self.second_ = counts, sums, second
-        self._update()
-        return self
+        if seen:
+            counts[:seen] += self.counts_
+            sums[:seen] += self.sums_
+        self.counts_, self.sums_, self.second_ = counts, sums, self.second_ + x.T @ x
 
-    def _update(self) -> None:
-        n = self.counts_.sum()
+    def _refresh(self) -> None:
         present = self.counts_ > 0
         self.means_ = self.sums_[present] / self.counts_[present, None]
         within = (
             self.second_ - (self.sums_[present].T / self.counts_[present]) @ self.sums_[present]
         )
-        self.precision_ = torch.linalg.inv(_oas(within / n, int(n)))
+        self.precision_ = torch.linalg.inv(_oas(within / self.n_seen_, self.n_seen_))
 
 
 @register
@@ -273,12 +294,12 @@ class RelativeMahalanobis(Mahalanobis):
 
     name = "relative_mahalanobis"
 
-    def _update(self) -> None:
-        super()._update()
-        n = self.counts_.sum()
+    def _refresh(self) -> None:
+        super()._refresh()
+        n = self.n_seen_
         self.background_mean_ = self.sums_.sum(0) / n
         cov = self.second_ / n - torch.outer(self.background_mean_, self.background_mean_)
-        self.background_precision_ = torch.linalg.inv(_oas(cov, int(n)))
+        self.background_precision_ = torch.linalg.inv(_oas(cov, n))
 
     def score(self, outputs: PixelOutputs) -> torch.Tensor:
         x = self._features(outputs)
@@ -311,7 +332,7 @@ class _Reservoir:
 
 
 @register
-class KNN(Detector):
+class KNN(StreamingDetector):
     """Cosine similarity to the k-th nearest training pixel feature, minus one (i.e. the negated
     cosine distance; Sun et al., 2022). The bank is a seeded, class-balanced subsample of at most
     ``bank_size`` training pixels; queries are scored in chunks so memory stays bounded."""
@@ -323,16 +344,15 @@ class KNN(Detector):
             raise ValueError(f"KNN needs k >= 1, got {k}")
         self.k, self.bank_size, self.seed, self.chunk = k, bank_size, seed, chunk
 
-    def fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:
+    def _start(self) -> None:
+        super()._start()
         self.reservoir_ = _Reservoir(self.bank_size, self.seed)
-        return self.partial_fit(outputs, labels)
 
-    def partial_fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:
-        if not hasattr(self, "reservoir_"):
-            self.reservoir_ = _Reservoir(self.bank_size, self.seed)
+    def _add(self, outputs: PixelOutputs, labels: torch.Tensor) -> None:
         self.reservoir_.add(nn.functional.normalize(outputs.features.float(), dim=1), labels)
+
+    def _refresh(self) -> None:
         self.bank_ = self.reservoir_.balanced(self.bank_size)
-        return self
 
     def score(self, outputs: PixelOutputs) -> torch.Tensor:
         if len(self.bank_) < self.k:
@@ -346,7 +366,7 @@ class KNN(Detector):
 
 
 @register
-class ViM(Detector):
+class ViM(StreamingDetector):
     """Virtual-logit matching (Wang et al., 2022): energy minus α times the norm of the feature's
     residual outside the principal subspace of the training features, both taken from the origin
     −W⁺b of the linear head. ``dim`` is the principal subspace's size (default: half the features);
@@ -357,38 +377,33 @@ class ViM(Detector):
     def __init__(self, dim: int | None = None, alpha_sample: int = 20000, seed: int = 0):
         self.dim, self.alpha_sample, self.seed = dim, alpha_sample, seed
 
-    def fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:
-        for attr in ("second_", "count_", "reservoir_"):
-            self.__dict__.pop(attr, None)
-        return self.partial_fit(outputs, labels)
+    def _start(self) -> None:
+        super()._start()
+        self.second_ = torch.zeros((), dtype=torch.float64)
+        self.reservoir_ = _Reservoir(self.alpha_sample, self.seed)
 
-    def partial_fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:  # noqa: ARG002
+    def _add(self, outputs: PixelOutputs, labels: torch.Tensor) -> None:  # noqa: ARG002
         if outputs.head_weight is None:
             raise ValueError("ViM needs the network's linear head (PixelOutputs.head_weight)")
         w, b = outputs.head_weight.double(), outputs.head_bias.double()
         self.origin_ = -torch.linalg.pinv(w) @ b
         x = outputs.features.double() - self.origin_
-        if not hasattr(self, "second_"):
-            self.second_, self.count_ = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64), 0
-            self.reservoir_ = _Reservoir(self.alpha_sample, self.seed)
-        self.second_ += x.T @ x
-        self.count_ += len(x)
-        self.reservoir_.add(
-            torch.cat([x, outputs.logits.double().amax(1, keepdim=True)], 1),
-            torch.zeros(len(x), dtype=torch.long),
-        )
-        f = x.shape[1]
+        self.second_ = self.second_ + x.T @ x
+        max_logit = outputs.logits.double().amax(1, keepdim=True)
+        self.reservoir_.add(torch.cat([x, max_logit], 1), torch.zeros(len(x), dtype=torch.long))
+
+    def _refresh(self) -> None:
+        f = self.second_.shape[0]
         dim = self.dim if self.dim is not None else f // 2
         if not 0 < dim < f:
             raise ValueError(
                 f"ViM's principal subspace must be smaller than the {f} features, got {dim}"
             )
-        _, vectors = torch.linalg.eigh(self.second_ / self.count_)  # ascending eigenvalues
+        _, vectors = torch.linalg.eigh(self.second_ / self.n_seen_)  # ascending eigenvalues
         self.residual_basis_ = vectors[:, : f - dim]
         sample = self.reservoir_.balanced(self.alpha_sample)
         residual = (sample[:, :-1] @ self.residual_basis_).norm(dim=1)
         self.alpha_ = float(sample[:, -1].mean() / residual.mean())
-        return self
 
     def score(self, outputs: PixelOutputs) -> torch.Tensor:
         x = outputs.features.double() - self.origin_

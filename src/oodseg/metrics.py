@@ -59,11 +59,6 @@ def tie_groups(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, 
     return n_pos, np.diff(np.r_[starts, scores.size]) - n_pos
 
 
-def binary_curve(positive: np.ndarray, negative: np.ndarray) -> Curve:
-    """The exact ranking curve of positive vs negative scores."""
-    return Curve.from_counts(*tie_groups(positive, negative))
-
-
 def _aupr(curve: Curve) -> tuple[float, float]:
     """(area under the PR curve by trapezoids, step-wise average precision) of a curve."""
     precision = curve.tps / (curve.tps + curve.fps)
