@@ -90,13 +90,21 @@ def test_shrinkage_keeps_mahalanobis_finite_with_fewer_pixels_than_features():
         assert np.isfinite(got).all(), name
 
 
-def test_knn_matches_brute_force_cosine_and_is_chunk_invariant():
+@pytest.mark.parametrize("search", ["kdtree", "brute"])
+def test_knn_matches_brute_force_cosine_and_is_chunk_invariant(search):
     feats, labels, w, b = data()
     x, *_ = data(300, seed=1)
-    _, got = fit_score("knn", outputs(feats, w, b), labels, outputs(x, w, b), k=7, chunk=64)
+    _, got = fit_score(
+        "knn", outputs(feats, w, b), labels, outputs(x, w, b), k=7, search=search, chunk=64
+    )
     sims = unit(x) @ unit(feats).T
     expected = np.sort(sims, axis=1)[:, -7] - 1
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_knn_unknown_search_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown KNN search 'ball'"):
+        make_detector("knn", search="ball")
 
 
 def test_knn_bank_is_class_balanced_seeded_and_bounded():

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import ClassVar, Literal, Self
 
 import torch
+from scipy.spatial import cKDTree
 from torch import nn
 
 
@@ -335,14 +336,33 @@ class _Reservoir:
 class KNN(StreamingDetector):
     """Cosine similarity to the k-th nearest training pixel feature, minus one (i.e. the negated
     cosine distance; Sun et al., 2022). The bank is a seeded, class-balanced subsample of at most
-    ``bank_size`` training pixels; queries are scored in chunks so memory stays bounded."""
+    ``bank_size`` training pixels. ``search="kdtree"`` (default) finds the exact neighbours with
+    scipy's k-d tree on the unit vectors (Euclidean and cosine order agree there), 2-4x faster than
+    ``"brute"`` on the low-dimensional decoder features; ``"brute"`` takes one matrix product per
+    chunk of ``chunk`` queries, the better choice for wide (e.g. hypercolumn) features. Both keep
+    memory bounded."""
 
     name = "knn"
 
-    def __init__(self, k: int = 10, bank_size: int = 20000, seed: int = 0, chunk: int = 8192):
+    def __init__(
+        self,
+        k: int = 10,
+        bank_size: int = 20000,
+        seed: int = 0,
+        search: Literal["kdtree", "brute"] = "kdtree",
+        chunk: int = 8192,
+    ):
         if k < 1:
             raise ValueError(f"KNN needs k >= 1, got {k}")
-        self.k, self.bank_size, self.seed, self.chunk = k, bank_size, seed, chunk
+        if search not in ("kdtree", "brute"):
+            raise ValueError(f"unknown KNN search {search!r}; choose kdtree or brute")
+        self.k, self.bank_size, self.seed, self.search, self.chunk = (
+            k,
+            bank_size,
+            seed,
+            search,
+            chunk,
+        )
 
     def _start(self) -> None:
         super()._start()
@@ -353,6 +373,7 @@ class KNN(StreamingDetector):
 
     def _refresh(self) -> None:
         self.bank_ = self.reservoir_.balanced(self.bank_size)
+        self.tree_ = cKDTree(self.bank_.numpy()) if self.search == "kdtree" else None
 
     def score(self, outputs: PixelOutputs) -> torch.Tensor:
         if len(self.bank_) < self.k:
@@ -361,6 +382,9 @@ class KNN(StreamingDetector):
                 "lower k or annotate more pixels"
             )
         q = nn.functional.normalize(outputs.features.float(), dim=1)
+        if self.tree_ is not None:
+            dist, _ = self.tree_.query(q.numpy(), k=[self.k], workers=torch.get_num_threads())
+            return -(torch.from_numpy(dist[:, 0]) ** 2) / 2  # cos - 1 = -|a - b|^2 / 2
         kth = [(c @ self.bank_.T).topk(self.k, dim=1).values[:, -1] for c in q.split(self.chunk)]
         return torch.cat(kth).double() - 1
 
