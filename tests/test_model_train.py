@@ -51,21 +51,21 @@ def test_reference_network_loads_only_matching_local_weights(tmp_path):
 
 
 def test_patches_always_contain_annotations_and_keep_image_and_target_aligned():
-    image = torch.arange(3 * 40 * 30, dtype=torch.float32).reshape(3, 40, 30)
-    target = torch.full((40, 30), IGNORE)
-    target[5, 7] = 2
-    ds = PatchDataset(image, target, patch=16, length=20, seed=0)
+    images = torch.arange(2 * 3 * 40 * 30, dtype=torch.float32).reshape(2, 3, 40, 30)
+    target = torch.full((2, 40, 30), IGNORE)
+    target[1, 5, 7] = 2  # one annotated pixel, in the second of two images
+    ds = PatchDataset(images, target, patch=16, length=20, seed=0)
     for i in range(20):
         img, tgt = ds[i]
         assert img.shape == (3, 16, 16) and tgt.shape == (16, 16)
         ((y, x),) = torch.nonzero(tgt == 2).tolist()
         # The annotated pixel's value travels with it through flips and rotations.
-        assert img[0, y, x] == image[0, 5, 7]
+        assert img[0, y, x] == images[1, 0, 5, 7]
 
 
 def test_patch_dataset_refuses_no_annotation():
     with pytest.raises(ValueError, match="no annotated pixel"):
-        PatchDataset(torch.zeros(2, 8, 8), torch.full((8, 8), IGNORE), 8, 4, 0)
+        PatchDataset(torch.zeros(1, 2, 8, 8), torch.full((1, 8, 8), IGNORE), 8, 4, 0)
 
 
 def test_training_is_seeded_and_learns(tmp_path):
@@ -115,3 +115,30 @@ def test_logitnorm_loss_matches_its_formula_and_ignores_unlabelled_pixels():
     assert ce.item() == pytest.approx(expected_ce, rel=1e-9)
     with pytest.raises(ValueError, match="unknown loss 'focal'"):
         TrainConfig(loss="focal")
+
+
+def test_bf16_autocast_and_channels_last_train_and_infer_like_float32():
+    """The GPU options run on any device: bf16 autocast and channels-last memory format give
+    float32 outputs on the CPU that agree with a float32 run to bf16 precision."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(32, 32, 3)).astype(np.float32)
+    target = np.full((32, 32), IGNORE)
+    target[::4, ::4] = rng.integers(0, 2, (8, 8))
+    config = TrainConfig(
+        epochs=1,
+        patches_per_epoch=4,
+        batch_size=2,
+        patch=32,
+        device="cpu",
+        precision="bf16-mixed",
+        channels_last=True,
+    )
+    torch.manual_seed(0)
+    net = fit(build_network("small", 3, 2), image, target, config, progress=False)
+    x = network_input(image, 16)
+    logits, features = infer(net, x, (32, 32), precision="bf16-mixed")
+    assert logits.dtype == torch.float32 and features.shape == (16, 32, 32)
+    reference, _ = infer(net, x, (32, 32))
+    torch.testing.assert_close(logits, reference, rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match="unknown precision '16'"):
+        TrainConfig(precision="16")

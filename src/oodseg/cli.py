@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 
 from oodseg.crossval import DEFAULT_DETECTORS, CrossvalConfig, crossval
+from oodseg.crossval_frames import FramesConfig, crossval_frames
+from oodseg.datasets import FRAME_DATASETS
 from oodseg.train import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -31,7 +33,33 @@ def crossval_command(
     out: Annotated[
         Path, typer.Option(help="Output folder (must be new or empty, or use --overwrite).")
     ],
-    dataset: Annotated[str, typer.Option(help="Data set name.")] = "indian_pines",
+    dataset: Annotated[
+        str, typer.Option(help="Data set: indian_pines (embedded) or endoscapes (--data-root).")
+    ] = "indian_pines",
+    data_root: Annotated[
+        Path | None,
+        typer.Option(help="Folder of a frame data set in its official layout (endoscapes)."),
+    ] = None,
+    protocols: Annotated[
+        str,
+        typer.Option(
+            help="Frame data sets: background (background as OOD) and/or loco (leave one class "
+            "out), comma-separated."
+        ),
+    ] = "background,loco",
+    scale: Annotated[
+        float, typer.Option(help="Frame data sets: resize factor of the frames.")
+    ] = 0.5,
+    max_frames: Annotated[
+        int | None,
+        typer.Option(help="Frame data sets: frames kept per split, evenly spread (quick runs)."),
+    ] = None,
+    baselines: Annotated[
+        bool,
+        typer.Option(
+            help="Frame data sets: also train the fully supervised (background as a class) baseline."
+        ),
+    ] = True,
     split: Annotated[
         str, typer.Option(help="Protocol: scene (strokes anywhere) or blocks (disjoint blocks).")
     ] = "scene",
@@ -67,7 +95,8 @@ def crossval_command(
     budget: Annotated[
         float | None,
         typer.Option(
-            help="Share of each class's pixels annotated (default: 0.05 scene, 0.10 blocks)."
+            help="Share of each class's pixels annotated (default: 0.05 scene, 0.10 blocks, "
+            "0.02 per frame)."
         ),
     ] = None,
     margin: Annotated[
@@ -81,7 +110,16 @@ def crossval_command(
     logitnorm_temperature: Annotated[
         float, typer.Option(help="Temperature of the LogitNorm loss.")
     ] = TrainConfig.logitnorm_temperature,
+    patches_per_epoch: Annotated[
+        int, typer.Option(help="Training patches per epoch.")
+    ] = TrainConfig.patches_per_epoch,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="32, or bf16-mixed (bf16 autocast, on a GPU).")
+    ] = "32",
+    channels_last: Annotated[
+        bool, typer.Option(help="Channels-last memory format (faster convolutions on GPUs).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
 ) -> None:
     """Leave-one-class-out cross-validation: train without each class in turn, score it as OOD."""
@@ -90,37 +128,61 @@ def crossval_command(
             raise ValueError(
                 f"{out} exists and is not empty; choose a new folder or pass --overwrite"
             )
-        config = CrossvalConfig(
-            dataset=dataset,
-            split=split,
-            detectors=_csv(detectors) or (),
-            classes=_csv(classes),
-            tpr=tpr,
-            preset=preset,
-            features=features,
-            annotation=annotation,
-            budget=budget,
-            margin=margin,
-            train=TrainConfig(
-                epochs=epochs,
-                seed=seed,
-                device=device,
-                loss=loss,
-                logitnorm_temperature=logitnorm_temperature,
-            ),
-            encoder_weights=str(encoder_weights) if encoder_weights else None,
+        train = TrainConfig(
+            epochs=epochs,
+            patches_per_epoch=patches_per_epoch,
+            seed=seed,
+            device=device,
+            loss=loss,
+            logitnorm_temperature=logitnorm_temperature,
+            precision=precision,
+            channels_last=channels_last,
         )
+        common = {
+            "detectors": _csv(detectors) or (),
+            "classes": _csv(classes),
+            "tpr": tpr,
+            "preset": preset,
+            "features": features,
+            "train": train,
+            "encoder_weights": str(encoder_weights) if encoder_weights else None,
+        }
+        if dataset in FRAME_DATASETS:
+            if data_root is None:
+                raise ValueError(f"--dataset {dataset} needs --data-root (its folder)")
+            config = FramesConfig(
+                data_root=str(data_root),
+                protocols=_csv(protocols) or (),
+                scale=scale,
+                max_frames=max_frames,
+                baselines=baselines,
+                **({"budget": budget} if budget is not None else {}),
+                **common,
+            )
+        else:
+            config = CrossvalConfig(
+                dataset=dataset,
+                split=split,
+                annotation=annotation,
+                budget=budget,
+                margin=margin,
+                **common,
+            )
     except ValueError as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
-    from oodseg.report import print_summary, write_report
+    from oodseg.report import print_summary, write_frames_report, write_report
 
     # Everything is written into a sibling temporary folder that replaces --out only when complete.
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     tmp.mkdir(parents=True)
     try:
-        result = crossval(config, checkpoint_root=tmp / "checkpoints", console=console)
-        write_report(tmp, result)
+        if isinstance(config, FramesConfig):
+            result = crossval_frames(config, checkpoint_root=tmp / "checkpoints", console=console)
+            write_frames_report(tmp, result)
+        else:
+            result = crossval(config, checkpoint_root=tmp / "checkpoints", console=console)
+            write_report(tmp, result)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.rename(out)
@@ -131,5 +193,6 @@ def crossval_command(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print_summary(result.results, console)
+    for res in result.results.get("protocols", {"": result.results}).values():
+        print_summary(res, console)
     console.print(f"results written to {out}/ (results.json, results.md, results.csv, figures)")

@@ -102,14 +102,14 @@ class CrossvalConfig:
 
 @dataclass
 class FoldFigures:
-    """What the report draws for one fold and detector."""
+    """What the report draws for one fold and detector (the maps only for a single scene)."""
 
-    score_map: np.ndarray
-    prediction: np.ndarray  # K+1 labels over the image, in the fold's class indices
     threshold: float
     id_scores: np.ndarray
     ood_scores: np.ndarray
     roc: tuple[np.ndarray, np.ndarray]
+    score_map: np.ndarray | None = None
+    prediction: np.ndarray | None = None  # K+1 labels over the image, in the fold's class indices
 
 
 @dataclass
@@ -117,8 +117,8 @@ class CrossvalResult:
     """``results`` is what ``results.json`` holds; the rest feeds the figures."""
 
     results: dict
-    scene: Scene
-    annotated: np.ndarray  # (H, W) class ids of the training and calibration strokes
+    scene: Scene | None
+    annotated: np.ndarray | None  # (H, W) class ids of the training and calibration strokes
     folds: list[dict]  # per fold: held_out, known (class ids), figures {detector: FoldFigures}
 
 
@@ -248,7 +248,9 @@ def _run_fold(
     for name in config.detectors:
         detector = make_detector(name)
         start = time.perf_counter()
-        score_map = _score_map(detector, net, x, scene.labels.shape, train, every_pixel)
+        if not isinstance(detector, InputDetector):
+            detector.fit(*train)
+        score_map = score_map_of(detector, net, x, scene.labels.shape, every_pixel)
         seconds = time.perf_counter() - start
         threshold = calibrate_threshold(score_map[calibration], config.tpr)
         prediction = open_set_labels(logits_np, score_map, threshold)
@@ -279,30 +281,29 @@ def _run_fold(
         rows.append(row)
         curve = Curve.from_counts(*groups)
         figures[name] = FoldFigures(
-            score_map,
-            prediction,
             threshold,
             score_map[id_test],
             score_map[ood_test],
             (curve.fpr, curve.tpr),
+            score_map=score_map,
+            prediction=prediction,
         )
     return rows, figures
 
 
-def _score_map(
+def score_map_of(
     detector: Detector,
     net: torch.nn.Module,
     x: torch.Tensor,
     size: tuple[int, int],
-    train: tuple[PixelOutputs, torch.Tensor],
     every_pixel: PixelOutputs,
 ) -> np.ndarray:
-    """Fit a detector on the training annotated pixels (outputs, class indices) and score every
-    pixel of the image; a detector that perturbs the input re-runs the network instead."""
+    """A fitted detector's (H, W) score map of one image: from the outputs at every pixel, or, for
+    a detector that perturbs the input, by re-running the network on ``x``."""
     h, w = size
     if isinstance(detector, InputDetector):
         return detector.score_image(net, x)[0, :h, :w].cpu().numpy()
-    return detector.fit(*train).score(every_pixel).reshape(h, w).numpy()
+    return detector.score(every_pixel).reshape(h, w).numpy()
 
 
 def summarise(

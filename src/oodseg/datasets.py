@@ -1,12 +1,16 @@
-"""Data: labelled scenes as (cube, label map, class names), and per-band normalisation."""
+"""Data: labelled scenes as (cube, label map, class names), collections of labelled frames, and
+per-band normalisation."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from rich.progress import track
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,143 @@ def load_indian_pines() -> Scene:
 
 
 DATASETS: dict[str, Callable[[], Scene]] = {"indian_pines": load_indian_pines}
+FRAME_DATASETS = ("endoscapes",)
+IGNORE_LABEL = 255  # "not annotated" in a frame mask: never a class, never OOD
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One video frame: ``image`` (H, W, 3) uint8 and its dense ``mask`` (H, W) uint8 with
+    0 = background (known, and not one of the classes), 1..K the classes, 255 = ignore."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class FrameSet:
+    """Frames of an official train / val / test split, with class names for labels 1..K."""
+
+    name: str
+    class_names: tuple[str, ...]
+    splits: dict[str, list[Frame]]
+    resolution: tuple[int, int]  # (H, W) the frames were resized to
+    credit: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+ENDOSCAPES_SPLITS = ("train", "val", "test")
+ENDOSCAPES_CREDIT = (
+    "Endoscapes-Seg50: Murali et al. (2023), 'The Endoscapes Dataset for Surgical Scene "
+    "Segmentation, Object Detection, and Critical View of Safety Assessment: Official Splits and "
+    "Benchmark', arXiv:2312.12429; Alapatt et al. (2021), arXiv:2112.13815. CC BY-NC-SA 4.0, "
+    "non-commercial research only; read from the user's copy, never shipped."
+)
+
+
+def load_endoscapes(
+    root: str | Path,
+    *,
+    scale: float = 0.5,
+    max_frames: int | None = None,
+    splits: tuple[str, ...] = ENDOSCAPES_SPLITS,
+) -> FrameSet:
+    """Endoscapes-Seg50 from the official release layout under ``root``: ``{split}_seg/*.jpg``
+    frames, ``semseg/<frame>.png`` masks (one channel or three identical ones),
+    ``{split}_seg_vids.txt`` video lists and ``seg_label_map.txt``. Frames are resized by ``scale``
+    (bilinear; masks nearest); 255 and any value outside the label map become ``IGNORE_LABEL``.
+    ``max_frames`` keeps that many frames per split, spread evenly over its sorted names (a quick
+    run)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: Endoscapes folder not found (pass --data-root)")
+    if not 0 < scale <= 1:
+        raise ValueError(f"frame scale must be in (0, 1], got {scale}")
+    names = _label_map(root / "seg_label_map.txt")
+    if names.get(0) != "background" or sorted(names) != list(range(len(names))):
+        raise ValueError(
+            f"{root / 'seg_label_map.txt'}: expected ids 0..K with 0 = background, got {names}"
+        )
+    out: dict[str, list[Frame]] = {}
+    resolution = (0, 0)
+    for split in splits:
+        videos = _video_list(root / f"{split}_seg_vids.txt")
+        files = sorted((root / f"{split}_seg").glob("*.jpg"))
+        if not files:
+            raise FileNotFoundError(f"{root / f'{split}_seg'}: no .jpg frame found")
+        for f in files:
+            if f.stem.split("_")[0] not in videos:
+                raise ValueError(
+                    f"{f}: video {f.stem.split('_')[0]} is not in {split}_seg_vids.txt"
+                )
+        if max_frames is not None and max_frames < len(files):
+            files = [
+                files[i] for i in np.linspace(0, len(files) - 1, max_frames).round().astype(int)
+            ]
+        frames = []
+        for f in track(files, description=f"reading {split} frames", transient=True):
+            frames.append(_read_frame(f, root / "semseg" / f"{f.stem}.png", len(names) - 1, scale))
+        out[split] = frames
+        resolution = frames[0].mask.shape
+    return FrameSet(
+        name="endoscapes",
+        class_names=tuple(names[i] for i in range(1, len(names))),
+        splits=out,
+        resolution=resolution,
+        credit=ENDOSCAPES_CREDIT,
+    )
+
+
+def _label_map(path: Path) -> dict[int, str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: label map not found")
+    names = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            name, _, value = line.strip().rpartition(" ")
+            if not name or not value.isdigit():
+                raise ValueError(f"{path}: expected '<name> <id>' per line, got {line!r}")
+            names[int(value)] = name.strip()
+    return names
+
+
+def _video_list(path: Path) -> set[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: video split file not found")
+    return {v.strip() for v in path.read_text().split() if v.strip()}
+
+
+def _read_frame(image_path: Path, mask_path: Path, num_classes: int, scale: float) -> Frame:
+    """Read, check and resize one frame and its mask; errors name the file."""
+    if not mask_path.is_file():
+        raise FileNotFoundError(f"{mask_path}: mask of frame {image_path.name} not found")
+    try:
+        with Image.open(image_path) as im:
+            image = im.convert("RGB")
+            image.load()
+        with Image.open(mask_path) as im:
+            mask = np.array(im)
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read {image_path} or {mask_path}: {e}") from None
+    if mask.ndim == 3:
+        if (mask != mask[..., :1]).any():
+            raise ValueError(f"{mask_path}: a mask's channels must be identical class ids")
+        mask = mask[..., 0]
+    if mask.shape != (image.height, image.width):
+        raise ValueError(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, frame {image_path.name} is "
+            f"{image.width}x{image.height}"
+        )
+    mask = np.where(mask <= num_classes, mask, IGNORE_LABEL).astype(np.uint8)
+    size = (round(image.width * scale), round(image.height * scale))
+    if scale != 1:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+        mask = np.array(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
+    return Frame(image_path.stem, np.asarray(image), mask)
 
 
 def load_dataset(name: str) -> Scene:

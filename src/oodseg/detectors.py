@@ -18,6 +18,7 @@ public libraries computes them per pixel, hence our own implementations.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Self
 
@@ -55,6 +56,18 @@ class PixelOutputs:
         if head.kernel_size != (1, 1):
             raise ValueError("feature detectors that need the head (ViM) need a 1 x 1 linear head")
         return cls(lg, ft, head.weight.detach()[:, :, 0, 0].cpu(), head.bias.detach().cpu())
+
+    @classmethod
+    def concat(cls, parts: Sequence[PixelOutputs]) -> PixelOutputs:
+        """The pixels of several images' outputs, from one network, as one set."""
+        if not parts:
+            raise ValueError("no pixel outputs to concatenate")
+        return cls(
+            torch.cat([p.logits for p in parts]),
+            torch.cat([p.features for p in parts]),
+            parts[0].head_weight,
+            parts[0].head_bias,
+        )
 
 
 class Detector(ABC):

@@ -1,4 +1,5 @@
-"""Report: results.json / .md / .csv, figures, and the console summary of a cross-validation run."""
+"""Report: results.json / .md / .csv, figures, and the console summary of a run (one scene or a
+frame data set)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from oodseg.crossval import METRICS, CrossvalResult  # noqa: E402
+from oodseg.crossval_frames import FramePanel, FramesResult  # noqa: E402
+from oodseg.datasets import IGNORE_LABEL  # noqa: E402
 
 LABELS = {
     "auroc": "AUROC",
@@ -68,14 +71,18 @@ def markdown(res: dict) -> str:
     """The summary (mean ± std over folds) and per-fold tables, in Markdown."""
     detectors = list(res["summary"])
     n_folds = len({r["held_out"] for r in res["folds"]})
+    folds = f"{n_folds} fold" + ("s" if n_folds != 1 else "")
     lines = [
-        f"# Held-out-class cross-validation: {res['dataset']}, split `{res['split']}`",
+        "# "
+        + res.get(
+            "title", f"Held-out-class cross-validation: {res['dataset']}, split `{res['split']}`"
+        ),
         "",
         f"Protocol: {res['protocol']}. Network: {res['config']['network']}. "
-        f"Threshold at TPR {res['config']['tpr']} on calibration pixels. {n_folds} folds, "
-        f"{res['seconds']:.0f} s on {res['machine']}.",
+        f"Threshold at TPR {res['config']['tpr']} on calibration pixels. {folds}"
+        + (f", {res['seconds']:.0f} s on {res['machine']}." if "seconds" in res else "."),
         "",
-        f"## Mean ± std over {n_folds} folds",
+        f"## Mean ± std over {folds}",
         "",
         "| detector | " + " | ".join(LABELS[m] for m in SUMMARY_METRICS) + " |",
         "|---" * (len(SUMMARY_METRICS) + 1) + "|",
@@ -126,21 +133,29 @@ def markdown(res: dict) -> str:
 
 
 def csv_table(res: dict) -> str:
-    """One row per fold and detector, then a mean and a std row per detector."""
+    """One row per fold and detector, then a mean and a std row per detector; for a frame data set,
+    a first column names each row's protocol."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["held_out", "detector", *METRICS])
-    for r in res["folds"]:
-        writer.writerow([r["held_out"], r["detector"], *(f"{r[m]:.6g}" for m in METRICS)])
-    for stat in ("mean", "std"):
-        for d, s in res["summary"].items():
-            writer.writerow([stat, d, *(f"{s[m][stat]:.6g}" for m in METRICS)])
+    protocols = res.get("protocols", {"": res})
+    lead = ["protocol"] if "protocols" in res else []
+    writer.writerow([*lead, "held_out", "detector", *METRICS])
+    for name, sub in protocols.items():
+        lead = [name] if name else []
+        for r in sub["folds"]:
+            writer.writerow(
+                [*lead, r["held_out"], r["detector"], *(f"{r[m]:.6g}" for m in METRICS)]
+            )
+        for stat in ("mean", "std"):
+            for d, s in sub["summary"].items():
+                writer.writerow([*lead, stat, d, *(f"{s[m][stat]:.6g}" for m in METRICS)])
     return buf.getvalue()
 
 
 def print_summary(res: dict, console: Console) -> None:
     """The mean ± std table on the console."""
-    title = f"{res['dataset']} / {res['split']}: mean ± std over folds ({res['seconds']:.0f} s)"
+    took = f" ({res['seconds']:.0f} s)" if "seconds" in res else ""
+    title = f"{res['dataset']} / {res['split']}: mean ± std over folds{took}"
     table = Table(title=title)
     table.add_column("detector")
     for m in CONSOLE_METRICS:
@@ -249,3 +264,104 @@ def plot_panel(result: CrossvalResult, fold: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+BASELINE_METRICS = (
+    "auroc",
+    "fpr95",
+    "id_accuracy",
+    "ood_recall",
+    "miou_k_plus_1",
+    "mdice_k_plus_1",
+)
+
+
+def write_frames_report(out: Path, result: FramesResult) -> None:
+    """Every output of a frame data set run: results.json / .md / .csv, per protocol ROC curves
+    and score histograms, and the test-frame panels."""
+    res = result.results
+    (out / "results.json").write_text(json.dumps(res, indent=2))
+    (out / "results.md").write_text(frames_markdown(res))
+    (out / "results.csv").write_text(csv_table(res))
+    for protocol, sub in res["protocols"].items():
+        view = CrossvalResult(sub, None, None, result.folds[protocol])
+        plot_roc(view, out / f"roc_{protocol}.png")
+        plot_histograms(view, out / f"histograms_{protocol}.png")
+    if result.panels:
+        det = next(iter(res["protocols"]["background"]["summary"]))
+        plot_frame_panels(result.panels, result.class_names, det, out / "frames.png")
+
+
+def frames_markdown(res: dict) -> str:
+    """Set-up, the baselines next to the method, then each protocol's tables."""
+    h, w = res["resolution"]
+    cfg = res["config"]
+    lines = [
+        f"# {res['dataset']}: open-set segmentation from sparse strokes",
+        "",
+        f"Frames {h}x{w} (scale {cfg['scale']}); frames per split: "
+        + ", ".join(f"{s} {n}" for s, n in res["frames"].items())
+        + f"; strokes on {cfg['budget']:.0%} of each class's pixels per frame ("
+        + ", ".join(f"{s} {n}" for s, n in res["annotated_pixels"].items())
+        + f" annotated pixels); network: {cfg['preset']} preset, {cfg['train']['epochs']} epochs x "
+        f"{cfg['train']['patches_per_epoch']} patches of {cfg['train']['patch']} px; threshold at TPR "
+        f"{cfg['tpr']}. {res['seconds']:.0f} s on {res['machine']}.",
+        "",
+        f"Data: {res['credit']}",
+    ]
+    if res["baselines"]:
+        lines += ["", "## Background as OOD: baselines next to the method", ""]
+        lines += ["| method | " + " | ".join(LABELS[m] for m in BASELINE_METRICS) + " |"]
+        lines.append("|---" * (len(BASELINE_METRICS) + 1) + "|")
+        rows = list(res["baselines"])
+        if "background" in res["protocols"]:
+            for det, s in res["protocols"]["background"]["summary"].items():
+                rows.append({"method": f"OOD-SEG, {det}", **{m: s[m]["mean"] for m in s}})
+        for r in rows:
+            cells = ["—" if r.get(m) is None else f"{r[m]:.3f}" for m in BASELINE_METRICS]
+            lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    for sub in res["protocols"].values():
+        lines += ["", markdown(sub).replace("\n## ", "\n### ").replace("# ", "## ", 1)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_frame_panels(
+    panels: list[FramePanel], class_names: tuple[str, ...], det: str, path: Path
+) -> None:
+    """Per test frame: frame | ground truth | K+1 prediction with OOD as a grey hatched layer |
+    score heat map with the threshold's contour."""
+    # Saturated colours only: a pale class tint would read as the grey OOD layer.
+    strong = plt.get_cmap("tab10")(np.array([0, 1, 2, 3, 4, 6, 8, 9, 5])[: len(class_names)])
+    colours = np.vstack([[0.0, 0.0, 0.0], strong[:, :3]])
+    fig, axes = plt.subplots(len(panels), 4, figsize=(18, 3.1 * len(panels)), squeeze=False)
+    for row, p in zip(axes, panels, strict=True):
+        frame = p.image / 255.0
+        truth = np.where(p.mask == IGNORE_LABEL, 0, p.mask)
+        row[0].imshow(frame)
+        row[0].set_title(p.name, fontsize=9)
+        row[1].imshow(_overlay(frame, truth, colours))
+        row[1].contourf(p.mask == 0, levels=[0.5, 1.5], colors="none", hatches=["...."])
+        row[1].set_title("ground truth (dotted: background)", fontsize=9)
+        row[2].imshow(_overlay(frame, p.prediction, colours))
+        ood = (p.prediction == 0).astype(float)
+        row[2].imshow(np.dstack([np.full(ood.shape + (3,), 0.5), 0.6 * ood[..., None]]))
+        row[2].contourf(ood, levels=[0.5, 1.5], colors="none", hatches=["////"])
+        row[2].set_title(f"K+1 prediction, {det} (grey hatched: OOD)", fontsize=9)
+        im = row[3].imshow(p.score_map, cmap="magma")
+        row[3].contour(p.score_map >= p.threshold, levels=[0.5], colors="c", linewidths=0.6)
+        row[3].set_title(f"{det} score (cyan: threshold)", fontsize=9)
+        fig.colorbar(im, ax=row[3], fraction=0.03)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i + 1]) for i in range(len(class_names))]
+    fig.legend(handles, class_names, loc="lower center", ncol=len(class_names), fontsize=9)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _overlay(frame: np.ndarray, labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Classes 1..K tinted over the frame; label 0 leaves the frame as it is."""
+    tinted = 0.45 * frame + 0.55 * colours[labels]
+    return np.where(labels[..., None] > 0, tinted, frame)

@@ -24,6 +24,7 @@ from oodseg.model import Segmenter
 
 IGNORE = -1
 LOSSES = ("ce", "logitnorm")
+PRECISIONS = ("32", "bf16-mixed")
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,14 @@ class TrainConfig:
     device: str = "auto"
     loss: str = "ce"  # "ce" or "logitnorm"
     logitnorm_temperature: float = 0.04
+    precision: str = "32"  # or "bf16-mixed": bf16 autocast (GPU), in training and inference
+    channels_last: bool = False  # NHWC memory format, faster convolutions on recent GPUs
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}"
+            )
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
         if self.logitnorm_temperature <= 0:
@@ -51,16 +58,16 @@ class TrainConfig:
 
 
 class PatchDataset(Dataset):
-    """Random square patches of a (C, H, W) image, each centred near an annotated pixel, with random
-    flips and 90-degree rotations; ``target`` holds class indices and ``IGNORE`` elsewhere."""
+    """Random square patches of N (C, H, W) images, each centred near an annotated pixel, with random
+    flips and 90-degree rotations; ``target`` (N, H, W) holds class indices and ``IGNORE`` elsewhere."""
 
     def __init__(
-        self, image: torch.Tensor, target: torch.Tensor, patch: int, length: int, seed: int
+        self, images: torch.Tensor, target: torch.Tensor, patch: int, length: int, seed: int
     ):
         if not (target != IGNORE).any():
             raise ValueError("no annotated pixel to train on")
-        self.image, self.target = _pad_to(image, target, patch)
-        self.anchors = torch.nonzero(self.target != IGNORE)
+        self.images, self.target = _pad_to(images, target, patch)
+        self.anchors = torch.nonzero(self.target != IGNORE)  # (n, y, x) rows
         self.patch, self.length, self.seed = patch, length, seed
         self.epoch = 0
 
@@ -69,30 +76,30 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * self.length + i)
-        y, x = self.anchors[torch.randint(len(self.anchors), (1,), generator=g)][0].tolist()
-        _, h, w = self.image.shape
+        n, y, x = self.anchors[torch.randint(len(self.anchors), (1,), generator=g)][0].tolist()
+        h, w = self.images.shape[-2:]
         p = self.patch
         y0 = int(np.clip(y - torch.randint(p, (1,), generator=g).item(), 0, h - p))
         x0 = int(np.clip(x - torch.randint(p, (1,), generator=g).item(), 0, w - p))
-        img = self.image[:, y0 : y0 + p, x0 : x0 + p]
-        tgt = self.target[y0 : y0 + p, x0 : x0 + p]
+        img = self.images[n, :, y0 : y0 + p, x0 : x0 + p]
+        tgt = self.target[n, y0 : y0 + p, x0 : x0 + p]
         k = int(torch.randint(4, (1,), generator=g))
         img, tgt = torch.rot90(img, k, (1, 2)), torch.rot90(tgt, k, (0, 1))
         if torch.rand(1, generator=g) < 0.5:
             img, tgt = img.flip(2), tgt.flip(1)
-        return img.contiguous(), tgt.contiguous()
+        return img.float().contiguous(), tgt.contiguous()
 
 
 def _pad_to(
-    image: torch.Tensor, target: torch.Tensor, size: int
+    images: torch.Tensor, target: torch.Tensor, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reflect-pad an image smaller than one patch (targets padded with IGNORE)."""
-    _, h, w = image.shape
+    """Edge-pad images smaller than one patch (targets padded with IGNORE)."""
+    h, w = images.shape[-2:]
     ph, pw = max(0, size - h), max(0, size - w)
     if ph or pw:
-        image = F.pad(image[None], (0, pw, 0, ph), mode="replicate")[0]
+        images = F.pad(images.float(), (0, pw, 0, ph), mode="replicate")
         target = F.pad(target, (0, pw, 0, ph), value=IGNORE)
-    return image, target
+    return images, target
 
 
 def segmentation_loss(
@@ -115,6 +122,8 @@ class SparseSegmentation(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
         image, target = batch
+        if self.config.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
         logits, _ = self.net(image)
         loss = segmentation_loss(
             logits, target, self.config.loss, self.config.logitnorm_temperature
@@ -142,12 +151,14 @@ def fit(
     checkpoint_dir: Path | None = None,
     progress: bool = True,
 ) -> Segmenter:
-    """Train ``net`` on an (H, W, C) image whose ``target`` (H, W) holds class indices 0..K-1 at the
-    annotated pixels and ``IGNORE`` elsewhere. Seeded: the same call gives the same weights."""
+    """Train ``net`` on an (H, W, C) image, or N such images stacked as (N, H, W, C), whose
+    ``target`` ((H, W) or (N, H, W)) holds class indices 0..K-1 at the annotated pixels and
+    ``IGNORE`` elsewhere. Seeded: the same call gives the same weights."""
     L.seed_everything(config.seed, workers=True, verbose=False)
+    images = image if image.ndim == 4 else image[None]
     data = PatchDataset(
-        torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-        torch.from_numpy(target.astype(np.int64)),
+        torch.from_numpy(images).permute(0, 3, 1, 2),  # a view: (N, C, H, W) without a copy
+        torch.from_numpy(target.astype(np.int64).reshape(images.shape[:3])),
         config.patch,
         config.patches_per_epoch,
         config.seed,
@@ -159,6 +170,8 @@ def fit(
         callbacks.append(
             ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_top_k=0, save_last=True)
         )
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     module = SparseSegmentation(net, config)
     loader = DataLoader(data, batch_size=config.batch_size, shuffle=False, num_workers=0)
     with _quiet_lightning():
@@ -166,6 +179,7 @@ def fit(
             max_epochs=config.epochs,
             accelerator=config.device,
             devices=1,
+            precision=config.precision,
             logger=False,
             callbacks=callbacks,
             enable_checkpointing=checkpoint_dir is not None,
@@ -208,10 +222,11 @@ def network_input(
 
 @torch.no_grad()
 def infer(
-    net: Segmenter, x: torch.Tensor, size: tuple[int, int]
+    net: Segmenter, x: torch.Tensor, size: tuple[int, int], precision: str = "32"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (K, H, W) and features (F, H, W) on the CPU of a :func:`network_input` cropped to
-    ``size``."""
+    """Logits (K, H, W) and features (F, H, W), float32 on the CPU, of a :func:`network_input`
+    cropped to ``size``; ``precision="bf16-mixed"`` runs the network under bf16 autocast."""
     h, w = size
-    logits, features = net.to(x.device).eval()(x)
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=precision == "bf16-mixed"):
+        logits, features = net.to(x.device).eval()(x)
     return logits[0, :, :h, :w].float().cpu(), features[0, :, :h, :w].float().cpu()
