@@ -27,7 +27,7 @@ from oodseg.datasets import BandNormaliser, load_indian_pines
 from oodseg.detectors import InputDetector, PixelOutputs, make_detector
 from oodseg.model import build_network
 from oodseg.splits import make_split
-from oodseg.train import IGNORE, TrainConfig, fit
+from oodseg.training import IGNORE, TrainConfig, fit
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -12,7 +12,7 @@ from rich.console import Console
 from oodseg.crossval import DEFAULT_DETECTORS, CrossvalConfig, crossval
 from oodseg.metrics import ood_metrics
 from oodseg.report import write_report
-from oodseg.train import TrainConfig
+from oodseg.training import TrainConfig
 
 FOLDS = ("Hay-windrowed", "Woods", "Soybean-mintill")
 EPOCHS = 20

@@ -15,7 +15,7 @@ from oodseg.crossval_frames import FramesConfig, _strokes, crossval_frames
 from oodseg.datasets import IGNORE_LABEL, load_endoscapes
 from oodseg.metrics import ood_metrics
 from oodseg.report import write_frames_report
-from oodseg.train import TrainConfig
+from oodseg.training import TrainConfig
 
 CLASSES = (
     "cystic_plate",

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 from oodseg.model import build_network, load_matching_weights
-from oodseg.train import IGNORE, PatchDataset, TrainConfig, fit, infer, network_input
+from oodseg.training import IGNORE, PatchDataset, TrainConfig, fit, infer, network_input
 
 
 def test_small_network_returns_logits_and_features_at_full_resolution():
@@ -95,7 +95,7 @@ def test_training_is_seeded_and_learns(tmp_path):
 def test_logitnorm_loss_matches_its_formula_and_ignores_unlabelled_pixels():
     from scipy.special import log_softmax
 
-    from oodseg.train import segmentation_loss
+    from oodseg.training import segmentation_loss
 
     rng = np.random.default_rng(1)
     z = rng.normal(0, 5, (2, 4, 3, 3))

@@ -1,4 +1,5 @@
-"""Command line: ``oodseg crossval`` runs the whole pipeline and writes its report atomically."""
+"""Command line: ``oodseg crossval`` evaluates the method on a data set; ``oodseg train`` and
+``oodseg predict`` use it on your own images. Every output is written atomically."""
 
 from __future__ import annotations
 
@@ -10,10 +11,19 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from oodseg.bundle import load_bundle, train
 from oodseg.crossval import DEFAULT_DETECTORS, CrossvalConfig, crossval
 from oodseg.crossval_frames import FramesConfig, crossval_frames
 from oodseg.datasets import FRAME_DATASETS
-from oodseg.train import TrainConfig
+from oodseg.io import check_nan_policy, read_image
+from oodseg.manifest import (
+    ImageDataset,
+    from_folders,
+    image_files,
+    load_manifest,
+    with_nan_policy,
+)
+from oodseg.training import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -196,3 +206,118 @@ def crossval_command(
     for res in result.results.get("protocols", {"": result.results}).values():
         print_summary(res, console)
     console.print(f"results written to {out}/ (results.json, results.md, results.csv, figures)")
+
+
+def _dataset(
+    data: Path | None,
+    images: Path | None,
+    masks: Path | None,
+    classes: str | None,
+    ignore: int | None,
+    nan_policy: str,
+) -> ImageDataset:
+    """The data set of ``--data`` (a manifest) or of ``--images`` / ``--masks`` / ``--classes``."""
+    if data is not None:
+        dataset = load_manifest(data)
+    elif images is not None and masks is not None and classes:
+        dataset = from_folders(images, masks, _csv(classes) or (), ignore)
+    else:
+        raise ValueError("give --data MANIFEST.yaml, or --images DIR --masks DIR --classes a,b,c")
+    return with_nan_policy(dataset, check_nan_policy(nan_policy))
+
+
+def _new_folder(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ValueError(f"{out} exists and is not empty; choose a new folder or pass --overwrite")
+
+
+@app.command("train")
+def train_command(
+    out: Annotated[Path, typer.Option(help="Model bundle folder to write.")],
+    data: Annotated[Path | None, typer.Option(help="YAML manifest of the data set.")] = None,
+    images: Annotated[Path | None, typer.Option(help="Folder of images.")] = None,
+    masks: Annotated[
+        Path | None, typer.Option(help="Folder of sparse masks, matched to images by stem.")
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Comma-separated class names (mask values 1..K).")
+    ] = None,
+    ignore: Annotated[
+        int | None, typer.Option(help="Mask value that is neither a class nor unlabelled.")
+    ] = None,
+    detector: Annotated[str, typer.Option(help="OOD detector stored with the model.")] = "gen",
+    tpr: Annotated[float, typer.Option(help="Target TPR of the threshold.")] = 0.95,
+    preset: Annotated[str, typer.Option(help="Network preset: small or reference.")] = "small",
+    features: Annotated[
+        str, typer.Option(help="Per-pixel features: last or hypercolumn.")
+    ] = "last",
+    encoder_weights: Annotated[
+        Path | None, typer.Option(help="Local encoder weights (reference preset).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = TrainConfig.epochs,
+    patches_per_epoch: Annotated[
+        int, typer.Option(help="Training patches per epoch.")
+    ] = TrainConfig.patches_per_epoch,
+    seed: Annotated[int, typer.Option(help="Seed of training and calibration.")] = 0,
+    nan_policy: Annotated[
+        str, typer.Option(help="NaN / Inf in an image: error, or zero (set them to 0).")
+    ] = "error",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+) -> None:
+    """Train a model on images with sparse masks and save it as a bundle (safetensors + JSON)."""
+    try:
+        _new_folder(out, overwrite)
+        dataset = _dataset(data, images, masks, classes, ignore, nan_policy)
+        config = TrainConfig(
+            epochs=epochs, patches_per_epoch=patches_per_epoch, seed=seed, device=device
+        )
+        bundle = train(
+            dataset,
+            detector=detector,
+            preset=preset,
+            features=features,
+            tpr=tpr,
+            config=config,
+            encoder_weights=encoder_weights,
+            console=console,
+        )
+        bundle.save(out, overwrite=True)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"model written to {out}/ ({len(bundle.class_names)} classes, {bundle.bands} bands, "
+        f"{bundle.detector.name} threshold {bundle.threshold:.4g} at TPR {bundle.tpr})"
+    )
+
+
+@app.command("predict")
+def predict_command(
+    model: Annotated[Path, typer.Option(help="Model bundle folder (from oodseg train).")],
+    input: Annotated[Path, typer.Option(help="An image file, or a folder of images.")],
+    out: Annotated[Path, typer.Option(help="Folder for the label maps, scores and overlays.")],
+    variable: Annotated[
+        str | None, typer.Option(help="Array name inside .mat / .npz / HDF5 files.")
+    ] = None,
+    score_format: Annotated[str, typer.Option(help="Score maps as tif or npy.")] = "tif",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Predict K+1 label maps (0 = OOD, 1..K the classes), score maps and overlays."""
+    from rich.progress import track
+
+    from oodseg.report import write_prediction
+
+    try:
+        if score_format not in ("tif", "npy"):
+            raise ValueError(f"unknown score format {score_format!r}; choose tif or npy")
+        bundle = load_bundle(model)
+        files = [input] if input.is_file() else image_files(input)
+        for path in track(files, description="predicting", console=console):
+            image = read_image(path, variable)
+            labels, scores = bundle.predict(image, device=device, source=str(path))
+            write_prediction(out, path, image, labels, scores, bundle, score_format)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"{len(files)} prediction(s) written to {out}/")

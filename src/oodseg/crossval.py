@@ -23,7 +23,7 @@ from oodseg.metrics import Curve, metrics_from_counts, segmentation_metrics, tie
 from oodseg.model import FEATURES, PRESETS, build_network
 from oodseg.splits import Split, SplitName, make_split
 from oodseg.threshold import calibrate_threshold, open_set_labels
-from oodseg.train import IGNORE, TrainConfig, fit, infer, network_input
+from oodseg.training import IGNORE, TrainConfig, fit, infer, network_input
 
 # GEN first: the detector the report's panels show. Over both protocols and both feature choices on
 # Indian Pines it had the best mean AUROC, at 0.4x the forward pass and with nothing to fit.

@@ -39,7 +39,7 @@ from oodseg.detectors import DETECTORS, Detector, InputDetector, PixelOutputs, m
 from oodseg.metrics import Curve, metrics_from_counts, segmentation_metrics, tie_groups
 from oodseg.model import FEATURES, PRESETS, build_network
 from oodseg.threshold import calibrate_threshold, open_set_labels
-from oodseg.train import IGNORE, TrainConfig, fit, infer, network_input
+from oodseg.training import IGNORE, TrainConfig, fit, infer, network_input
 
 PROTOCOLS = ("background", "loco")
 PANEL_FRAMES = 4
@@ -98,7 +98,7 @@ class FramesConfig:
 
 @dataclass
 class FramePanel:
-    """One test frame as the report draws it, for the first detector of the background protocol."""
+    """One test frame as the report draws it, for one detector of the background protocol."""
 
     name: str
     image: np.ndarray  # (H, W, 3) uint8
@@ -114,7 +114,7 @@ class FramesResult:
 
     results: dict
     folds: dict[str, list[dict]]  # per protocol: {"held_out": name, "figures": {det: FoldFigures}}
-    panels: list[FramePanel]
+    panels: dict[str, list[FramePanel]]  # per detector, a few test frames (background protocol)
     class_names: tuple[str, ...]
 
 
@@ -144,7 +144,7 @@ def crossval_frames(
     names = data.class_names
     all_ids = list(range(1, data.num_classes + 1))
 
-    protocols, folds, panels, baselines = {}, {}, [], []
+    protocols, folds, panels, baselines = {}, {}, {}, []
     for protocol in config.protocols:
         if protocol == "background":
             plan = [("background", all_ids, 0)]
@@ -243,7 +243,7 @@ class _Fold:
         self.device, self.divisor = device, divisor
         self.to_index = np.full(256, IGNORE)
         self.to_index[known] = np.arange(len(known))
-        self.panels: list[FramePanel] = []
+        self.panels: dict[str, list[FramePanel]] = {}
 
     def _outputs(self, net: torch.nn.Module, split: str, i: int):
         x = network_input(self.prep.images[split][i], self.divisor, self.device)
@@ -310,8 +310,9 @@ class _Fold:
                 scores[name][0].append(smap[scored][~is_ood].astype(np.float32))
                 scores[name][1].append(smap[scored][is_ood].astype(np.float32))
                 preds[name].append(pred[scored].astype(np.int8))
-                if i in panel_at and name == cfg.detectors[0]:
-                    self.panels.append(self._panel(test_frames[i], pred, smap, thresholds[name]))
+                if i in panel_at:
+                    panel = self._panel(test_frames[i], pred, smap, thresholds[name])
+                    self.panels.setdefault(name, []).append(panel)
         truth_all = np.concatenate(truths)
         self.closed_set = (truth_all, np.concatenate(closed), k)
 

@@ -83,6 +83,32 @@ class Detector(ABC):
     def score(self, outputs: PixelOutputs) -> torch.Tensor:
         """ID-ness per pixel, shape (P,), float64."""
 
+    def params(self) -> dict:
+        """The constructor's arguments (plain values: what a model bundle stores as JSON)."""
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    def fitted_state(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The fitted state: the tensors and the numbers among the trailing-underscore attributes.
+        Anything else there (a search index, a streaming buffer) must follow from these."""
+        fitted = {k: v for k, v in vars(self).items() if k.endswith("_")}
+        tensors = {k: v for k, v in fitted.items() if isinstance(v, torch.Tensor)}
+        numbers = {k: v for k, v in fitted.items() if isinstance(v, int | float)}
+        return tensors, numbers
+
+    @classmethod
+    def restore(
+        cls, params: dict, tensors: dict[str, torch.Tensor], numbers: dict[str, float]
+    ) -> Self:
+        """A fitted detector from :meth:`params` and :meth:`fitted_state`, without refitting."""
+        detector = cls(**params)
+        vars(detector).update(tensors)
+        vars(detector).update(numbers)
+        detector._restored()
+        return detector
+
+    def _restored(self) -> None:  # noqa: B027 - a hook: most detectors have nothing to rebuild
+        """Rebuild what follows from the stored state (nothing, unless a subclass says so)."""
+
 
 class InputDetector(Detector):
     """A detector that re-runs the network on a modified input (ODIN): it scores whole images."""
@@ -386,6 +412,9 @@ class KNN(StreamingDetector):
 
     def _refresh(self) -> None:
         self.bank_ = self.reservoir_.balanced(self.bank_size)
+        self._restored()
+
+    def _restored(self) -> None:
         self.tree_ = cKDTree(self.bank_.numpy()) if self.search == "kdtree" else None
 
     def score(self, outputs: PixelOutputs) -> torch.Tensor:

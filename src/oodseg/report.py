@@ -17,9 +17,11 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from oodseg.bundle import Bundle  # noqa: E402
 from oodseg.crossval import METRICS, CrossvalResult  # noqa: E402
 from oodseg.crossval_frames import FramePanel, FramesResult  # noqa: E402
 from oodseg.datasets import IGNORE_LABEL  # noqa: E402
+from oodseg.io import atomic_path  # noqa: E402
 
 LABELS = {
     "auroc": "AUROC",
@@ -288,8 +290,10 @@ def write_frames_report(out: Path, result: FramesResult) -> None:
         plot_roc(view, out / f"roc_{protocol}.png")
         plot_histograms(view, out / f"histograms_{protocol}.png")
     if result.panels:
-        det = next(iter(res["protocols"]["background"]["summary"]))
-        plot_frame_panels(result.panels, result.class_names, det, out / "frames.png")
+        # The panels show the detector with the best mean AUROC: what a user would deploy.
+        summary = res["protocols"]["background"]["summary"]
+        det = max(summary, key=lambda d: summary[d]["auroc"]["mean"])
+        plot_frame_panels(result.panels[det], result.class_names, det, out / "frames.png")
 
 
 def frames_markdown(res: dict) -> str:
@@ -365,3 +369,59 @@ def _overlay(frame: np.ndarray, labels: np.ndarray, colours: np.ndarray) -> np.n
     """Classes 1..K tinted over the frame; label 0 leaves the frame as it is."""
     tinted = 0.45 * frame + 0.55 * colours[labels]
     return np.where(labels[..., None] > 0, tinted, frame)
+
+
+def write_prediction(
+    out: Path,
+    source: Path,
+    image: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    bundle: Bundle,
+    score_format: str = "tif",
+) -> list[Path]:
+    """Per image: the K+1 label map (PNG, or a uint16 TIFF beyond 255 classes; 0 = OOD), the
+    float32 score map (TIFF or NPY) and an overlay PNG (classes tinted, OOD greyed), each
+    written atomically."""
+    import tifffile
+    from PIL import Image
+
+    stem = source.name[: -len(source.suffix)] if source.suffix else source.name
+    paths = []
+    label_path = out / f"{stem}_labels.{'png' if labels.dtype == np.uint8 else 'tif'}"
+    with atomic_path(label_path) as tmp:
+        if labels.dtype == np.uint8:
+            Image.fromarray(labels).save(tmp, format="PNG")
+        else:
+            tifffile.imwrite(tmp, labels)
+    paths.append(label_path)
+    score_path = out / f"{stem}_scores.{score_format}"
+    with atomic_path(score_path) as tmp:
+        if score_format == "npy":
+            with open(tmp, "wb") as f:
+                np.save(f, scores)
+        else:
+            tifffile.imwrite(tmp, scores)
+    paths.append(score_path)
+    overlay_path = out / f"{stem}_overlay.png"
+    with atomic_path(overlay_path) as tmp:
+        Image.fromarray(overlay(image, labels, len(bundle.class_names))).save(tmp, format="PNG")
+    paths.append(overlay_path)
+    return paths
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """An RGB uint8 view of an (H, W, C) image (three spread bands of a cube, stretched) with the
+    classes tinted and OOD pixels greyed."""
+    c = image.shape[-1]
+    bands = (
+        (0, 0, 0)
+        if c < 3
+        else (0, 1, 2)
+        if c == 3
+        else tuple(int(c * f) for f in (0.75, 0.5, 0.25))
+    )
+    rgb = false_colour(np.asarray(image, np.float32), bands)
+    colours = class_colours(num_classes)
+    tinted = np.where(labels[..., None] > 0, 0.5 * rgb + 0.5 * colours[labels], 0.35 * rgb + 0.4)
+    return (np.clip(tinted, 0, 1) * 255).astype(np.uint8)

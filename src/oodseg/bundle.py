@@ -1,0 +1,340 @@
+"""The model bundle: train once on your images, save, load anywhere, predict K+1 maps.
+
+A bundle is a folder: ``model.safetensors`` (the network), ``detector.safetensors`` (the fitted
+detector's tensors) and ``bundle.json`` (class names, band count, normalisation, network preset,
+detector name, parameters and numbers, threshold and its target TPR, versions). Loading never
+unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from rich.console import Console
+from safetensors.torch import load_file, save_file
+from scipy import ndimage
+
+from oodseg.crossval import _torch_device, _versions
+from oodseg.datasets import BandNormaliser
+from oodseg.detectors import DETECTORS, Detector, InputDetector, PixelOutputs, make_detector
+from oodseg.manifest import ImageDataset, Sample, read_all
+from oodseg.model import PRESETS, Segmenter, build_network
+from oodseg.threshold import calibrate_threshold
+from oodseg.training import IGNORE, TrainConfig, fit
+
+FORMAT_VERSION = 1
+OOD_LABEL = 0  # in predicted label maps: 0 = OOD / unknown, 1..K = the classes
+
+
+@dataclass
+class Bundle:
+    """A trained network, its fitted detector and threshold, and what prediction needs."""
+
+    net: Segmenter
+    detector: Detector
+    class_names: tuple[str, ...]
+    normaliser: BandNormaliser
+    threshold: float
+    tpr: float
+    preset: str
+    features: str
+    info: dict = field(default_factory=dict)  # training set-up and data description
+
+    @property
+    def bands(self) -> int:
+        return len(self.normaliser.mean)
+
+    @property
+    def roi(self) -> int:
+        """Sliding-window side: four training patches' worth of context, a multiple of the
+        network's divisor."""
+        return 4 * PRESETS[self.preset].patch
+
+    def predict(
+        self, image: np.ndarray, *, device: str = "cpu", strip: int = 1024, source: str = "image"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """K+1 labels (H, W) (0 = OOD, 1..K the classes) and ID-ness scores (H, W) float32 of an
+        (H, W, bands) image. Rows are read ``strip`` at a time (with a margin), so a memory-mapped
+        cube larger than memory works; within a strip MONAI's sliding window does the tiling."""
+        if image.ndim != 3 or image.shape[-1] != self.bands:
+            raise ValueError(
+                f"{source}: expected (H, W, {self.bands}) for this model, got shape {image.shape}"
+            )
+        h, w, _ = image.shape
+        labels = np.zeros((h, w), np.uint8 if len(self.class_names) < 256 else np.uint16)
+        scores = np.zeros((h, w), np.float32)
+        margin = self.roi // 4
+        dev = _torch_device(device)
+        for y0 in range(0, h, strip):
+            a, b = max(0, y0 - margin), min(h, y0 + strip + margin)
+            rows = np.asarray(image[a:b], np.float32)
+            if not np.isfinite(rows).all():
+                raise ValueError(f"{source}: NaN or Inf values in rows {a}..{b - 1}")
+            logits, score = self._score(self.normaliser(rows), dev)
+            keep = slice(y0 - a, y0 - a + min(strip, h - y0))
+            pred = np.where(score >= self.threshold, logits.argmax(0) + 1, OOD_LABEL)
+            labels[y0 : y0 + strip] = pred[keep]
+            scores[y0 : y0 + strip] = score[keep]
+        return labels, scores
+
+    def _forward(self, image: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)
+        net = self.net.to(device).eval()
+        with torch.no_grad():
+            logits, features = sliding_window_inference(
+                x, self.roi, 4, net, overlap=0.25, mode="gaussian"
+            )
+        return x, logits[0].float().cpu(), features[0].float().cpu()
+
+    def _score(self, image: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (K, H, W) and the detector's score map (H, W) of a normalised image."""
+        x, logits, features = self._forward(image, device)
+        if isinstance(self.detector, InputDetector):
+            with torch.no_grad():
+                score = sliding_window_inference(
+                    x,
+                    self.roi,
+                    4,
+                    lambda t: self.detector.score_image(self.net, t)[:, None].float(),
+                    overlap=0.25,
+                    mode="gaussian",
+                )[0, 0]
+        else:
+            outputs = PixelOutputs.from_maps(logits, features, head=self.net.head)
+            score = self.detector.score(outputs).reshape(logits.shape[1:])
+        return logits.numpy(), score.float().cpu().numpy()
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the bundle folder atomically: a sibling temporary folder renamed into place."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; choose a new folder or pass --overwrite")
+        tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+            save_file(state, tmp / "model.safetensors")
+            tensors, numbers = self.detector.fitted_state()
+            save_file(
+                {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
+                tmp / "detector.safetensors",
+            )
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "class_names": list(self.class_names),
+                "bands": self.bands,
+                "normalisation": {
+                    "mean": self.normaliser.mean.tolist(),
+                    "std": self.normaliser.std.tolist(),
+                },
+                "preset": self.preset,
+                "features": self.features,
+                "detector": {"name": self.detector.name, "params": self.detector.params()},
+                "detector_numbers": numbers,
+                "threshold": self.threshold,
+                "tpr": self.tpr,
+                "info": self.info,
+                "versions": _versions(),
+            }
+            (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """A bundle saved by :meth:`Bundle.save`: JSON and safetensors only, nothing unpickled."""
+    path = Path(path)
+    meta_path = path / "bundle.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path}: not a model bundle (no bundle.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_path}: corrupt bundle description: {e}") from None
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{meta_path}: bundle format {version} is newer than this oodseg reads "
+            f"({FORMAT_VERSION}); upgrade oodseg"
+        )
+    try:
+        name = meta["detector"]["name"]
+        if name not in DETECTORS:
+            raise ValueError(f"{meta_path}: unknown detector {name!r} (a plug-in not imported?)")
+        torch.manual_seed(0)
+        net = build_network(
+            meta["preset"], meta["bands"], len(meta["class_names"]), features=meta["features"]
+        )
+        net.load_state_dict(_tensors(path / "model.safetensors"))
+        detector = DETECTORS[name].restore(
+            meta["detector"]["params"],
+            _tensors(path / "detector.safetensors"),
+            meta["detector_numbers"],
+        )
+        normaliser = BandNormaliser(
+            np.asarray(meta["normalisation"]["mean"]), np.asarray(meta["normalisation"]["std"])
+        )
+        return Bundle(
+            net.eval(),
+            detector,
+            tuple(meta["class_names"]),
+            normaliser,
+            float(meta["threshold"]),
+            float(meta["tpr"]),
+            meta["preset"],
+            meta["features"],
+            meta.get("info", {}),
+        )
+    except KeyError as e:
+        raise ValueError(f"{meta_path}: the bundle description lacks {e}") from None
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing from the bundle")
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path}: corrupt or truncated weights: {e}") from None
+
+
+def train(
+    data: ImageDataset,
+    *,
+    detector: str = "gen",
+    preset: str = "small",
+    features: str = "last",
+    tpr: float = 0.95,
+    config: TrainConfig | None = None,
+    encoder_weights: str | Path | None = None,
+    calibration_share: float = 0.25,
+    checkpoint_dir: Path | None = None,
+    console: Console | None = None,
+) -> Bundle:
+    """Train a bundle on a data set's training images (sparse masks). The threshold keeps ``tpr``
+    of the calibration annotations: the ``val`` images' if the data set has some, else a seeded
+    ``calibration_share`` of each class's strokes (connected components), held out of training."""
+    config = config or TrainConfig()
+    console = console or Console()
+    if detector not in DETECTORS:
+        raise ValueError(f"unknown detector {detector!r}; choose from: {', '.join(DETECTORS)}")
+    samples = read_all(data, "train")
+    bands = samples[0].image.shape[-1]
+    if data.split("val"):
+        val = read_all(data, "val")
+        if any(s.image.shape[-1] != bands for s in val):
+            raise ValueError("validation images have another band count than the training images")
+        train_masks, cal_masks = [s.mask for s in samples], [s.mask for s in val]
+        cal_samples = val
+    else:
+        train_masks, cal_masks = _hold_out_strokes(samples, calibration_share, config.seed)
+        cal_samples = samples
+    if not any((m > 0).any() for m in cal_masks):
+        raise ValueError(
+            "no annotation left to calibrate the threshold: add a val image or more strokes"
+        )
+    images, targets = _stack([s.image for s in samples], [m - 1 for m in train_masks])
+    valid = np.zeros(images.shape[:3], bool)
+    for i, s in enumerate(samples):
+        valid[i, : s.image.shape[0], : s.image.shape[1]] = True
+    normaliser = BandNormaliser.fit(images, valid)
+    k = len(data.class_names)
+    torch.manual_seed(config.seed)
+    net = build_network(
+        preset,
+        bands,
+        k,
+        features=features,
+        encoder_weights=Path(encoder_weights) if encoder_weights else None,
+    )
+    train_config = TrainConfig(**{**asdict(config), "patch": PRESETS[preset].patch})
+    fit(net, normaliser(images), targets, train_config, checkpoint_dir=checkpoint_dir)
+
+    bundle = Bundle(
+        net.eval(),
+        make_detector(detector),
+        data.class_names,
+        normaliser,
+        0.0,
+        tpr,
+        preset,
+        features,
+    )
+    device = _torch_device(config.device)
+    if not isinstance(bundle.detector, InputDetector):
+        parts, labels = [], []
+        for s, m in zip(samples, train_masks, strict=True):
+            _, logits, feats = bundle._forward(normaliser(s.image), device)
+            parts.append(PixelOutputs.from_maps(logits, feats, torch.from_numpy(m > 0), net.head))
+            labels.append(torch.from_numpy(m[m > 0] - 1))
+        bundle.detector.fit(PixelOutputs.concat(parts), torch.cat(labels))
+    cal = [
+        bundle._score(normaliser(s.image), device)[1][m > 0]
+        for s, m in zip(cal_samples, cal_masks, strict=True)
+    ]
+    bundle.threshold = calibrate_threshold(np.concatenate(cal), tpr)
+    bundle.info = {
+        "train": asdict(train_config),
+        "images": {
+            "train": [s.name for s in samples],
+            "calibration": [s.name for s in cal_samples],
+        },
+        "annotated_pixels": {
+            "train": int(sum((m > 0).sum() for m in train_masks)),
+            "calibration": int(sum((m > 0).sum() for m in cal_masks)),
+        },
+        "calibration": "val images" if data.split("val") else f"{calibration_share:.0%} of strokes",
+    }
+    return bundle
+
+
+def _hold_out_strokes(
+    samples: list[Sample], share: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Split each class's connected annotated regions (strokes) into training and calibration
+    ones; a class with a single stroke keeps it for training."""
+    rng = np.random.default_rng(seed)
+    train, cal = [], []
+    for s in samples:
+        t, c = s.mask.copy(), np.zeros_like(s.mask)
+        for cls in np.unique(s.mask[s.mask > 0]):
+            regions, n = ndimage.label(s.mask == cls)
+            held = rng.permutation(n)[: int(share * n)] + 1
+            chosen = np.isin(regions, held)
+            c[chosen], t[chosen] = cls, 0
+        train.append(t)
+        cal.append(c)
+    return train, cal
+
+
+def _stack(images: list[np.ndarray], targets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Images of different sizes padded (edge values; targets IGNORE) to one (N, H, W, C) stack."""
+    h = max(i.shape[0] for i in images)
+    w = max(i.shape[1] for i in images)
+    out = np.stack(
+        [np.pad(i, ((0, h - i.shape[0]), (0, w - i.shape[1]), (0, 0)), mode="edge") for i in images]
+    )
+    tgt = np.stack(
+        [
+            np.pad(
+                np.where(t >= 0, t, IGNORE),
+                ((0, h - t.shape[0]), (0, w - t.shape[1])),
+                constant_values=IGNORE,
+            )
+            for t in targets
+        ]
+    )
+    return out, tgt

@@ -1,0 +1,204 @@
+"""Users' data sets: images with sparse masks, from a YAML manifest or two folders matched by stem.
+
+A manifest::
+
+    classes: [tumour, vessel, fat]      # mask value k is classes[k - 1]; 0 = unlabelled
+    ignore: 255                         # optional: a mask value that is neither (never scored)
+    variable: cube                      # optional: the array's name in .mat / .npz / HDF5 files
+    mask_variable: labels               # optional: the same for the masks
+    images:                             # paths relative to the manifest
+      - {image: scans/a.hdr, mask: masks/a.png}
+      - {image: scans/b.mat, mask: masks/b.png, split: val}   # optional split: train / val / test
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from oodseg.io import IMAGE_SUFFIXES, check_finite, read_image, read_mask
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image and its sparse mask (``None`` for an image to predict only)."""
+
+    name: str
+    image: Path
+    mask: Path | None
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Images with sparse masks: 0 = unlabelled, 1..K = ``class_names``, ``ignore`` = neither."""
+
+    class_names: tuple[str, ...]
+    items: tuple[Item, ...]
+    ignore: int | None = None
+    variable: str | None = None
+    mask_variable: str | None = None
+    nan_policy: str = "error"
+
+    def split(self, name: str) -> tuple[Item, ...]:
+        return tuple(i for i in self.items if i.split == name)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A read and checked item: ``image`` (H, W, C) float32, ``mask`` (H, W) int64 with 0 =
+    unlabelled (``ignore`` values are turned into 0: never trained on, never scored)."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def load_manifest(path: str | Path) -> ImageDataset:
+    """An :class:`ImageDataset` from a YAML manifest (see the module's docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(spec, dict) or "classes" not in spec or "images" not in spec:
+        raise ValueError(f"{path}: a manifest needs 'classes' and 'images' entries")
+    items = []
+    for i, entry in enumerate(spec["images"] or []):
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise ValueError(f"{path}: images[{i}] needs an 'image' path")
+        split = entry.get("split", "train")
+        if split not in SPLITS:
+            raise ValueError(f"{path}: images[{i}] has split {split!r}; use one of {SPLITS}")
+        image = path.parent / entry["image"]
+        mask = path.parent / entry["mask"] if entry.get("mask") else None
+        items.append(Item(entry.get("name", _stem(image)), image, mask, split))
+    return _checked(
+        ImageDataset(
+            tuple(str(c) for c in spec["classes"]),
+            tuple(items),
+            spec.get("ignore"),
+            spec.get("variable"),
+            spec.get("mask_variable"),
+        ),
+        path,
+    )
+
+
+def from_folders(
+    images: str | Path,
+    masks: str | Path | None,
+    class_names: tuple[str, ...],
+    ignore: int | None = None,
+) -> ImageDataset:
+    """Images in one folder and masks in another, matched by file stem (masks may be None when
+    only predicting). An image without a mask, or a mask without an image, is an error."""
+    images = Path(images)
+    found = image_files(images)
+    items = []
+    if masks is not None:
+        by_stem = {_stem(m): m for m in image_files(Path(masks))}
+        missing = [f.name for f in found if _stem(f) not in by_stem]
+        if missing:
+            raise FileNotFoundError(f"{masks}: no mask for {', '.join(missing[:5])}")
+        extra = sorted(set(by_stem) - {_stem(f) for f in found})
+        if extra:
+            raise FileNotFoundError(f"{images}: no image for the masks {', '.join(extra[:5])}")
+        items = [Item(_stem(f), f, by_stem[_stem(f)]) for f in found]
+    else:
+        items = [Item(_stem(f), f, None) for f in found]
+    return _checked(ImageDataset(tuple(class_names), tuple(items), ignore), images)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder, sorted (an ENVI header stands for its header + data pair)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: folder not found")
+    files = sorted(
+        f
+        for f in folder.iterdir()
+        if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+    )
+    if not files:
+        raise FileNotFoundError(f"{folder}: no image file ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _stem(path: Path) -> str:
+    return path.name[: -len(path.suffix)] if path.suffix else path.name
+
+
+def _checked(data: ImageDataset, source: Path) -> ImageDataset:
+    if not data.class_names:
+        raise ValueError(f"{source}: no class names given")
+    if len(set(data.class_names)) != len(data.class_names):
+        raise ValueError(f"{source}: class names repeat: {', '.join(data.class_names)}")
+    if not data.items:
+        raise ValueError(f"{source}: no image listed")
+    if data.ignore is not None and 0 <= data.ignore <= len(data.class_names):
+        raise ValueError(f"{source}: the ignore value {data.ignore} is also a class or unlabelled")
+    return data
+
+
+def read_sample(data: ImageDataset, item: Item, bands: int | None = None) -> Sample:
+    """Read one item and check it: finite values (or filled by the NaN policy), the band count,
+    the mask's shape and values."""
+    image = check_finite(read_image(item.image, data.variable), item.image, data.nan_policy)
+    if bands is not None and image.shape[-1] != bands:
+        raise ValueError(
+            f"{item.image}: {image.shape[-1]} bands, but the data set / model has {bands}"
+        )
+    mask = np.zeros(image.shape[:2], np.int64)
+    if item.mask is not None:
+        mask = read_mask(item.mask, data.mask_variable)
+        if mask.shape != image.shape[:2]:
+            raise ValueError(
+                f"{item.mask}: mask is {mask.shape[0]}x{mask.shape[1]}, image {item.image.name} is "
+                f"{image.shape[0]}x{image.shape[1]}"
+            )
+        if data.ignore is not None:
+            mask = np.where(mask == data.ignore, 0, mask)
+        bad = np.unique(mask[(mask < 0) | (mask > len(data.class_names))])
+        if bad.size:
+            raise ValueError(
+                f"{item.mask}: values {', '.join(map(str, bad[:5]))} are outside the declared "
+                f"classes 1..{len(data.class_names)} (0 = unlabelled"
+                + (f", {data.ignore} = ignore)" if data.ignore is not None else ")")
+            )
+    return Sample(item.name, image.astype(np.float32), mask)
+
+
+def read_all(data: ImageDataset, split: str = "train") -> list[Sample]:
+    """Every item of a split, read and checked; band counts must agree across the data set, and
+    every class needs at least one annotated pixel."""
+    items = data.split(split)
+    if not items:
+        raise ValueError(f"the data set has no {split} image")
+    samples, bands = [], None
+    for item in items:
+        sample = read_sample(data, item, bands)
+        bands = sample.image.shape[-1]
+        samples.append(sample)
+    if split == "train":
+        counts = np.bincount(
+            np.concatenate([s.mask.ravel() for s in samples]), minlength=len(data.class_names) + 1
+        )
+        if counts[1:].sum() == 0:
+            raise ValueError("the data set has no annotated pixel (every mask is 0 / ignore)")
+        empty = [n for n, c in zip(data.class_names, counts[1:], strict=True) if c == 0]
+        if empty:
+            raise ValueError(
+                f"no annotated pixel of class {', '.join(empty)} in the training masks"
+            )
+    return samples
+
+
+def with_nan_policy(data: ImageDataset, policy: str) -> ImageDataset:
+    return replace(data, nan_policy=policy)

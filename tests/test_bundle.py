@@ -1,0 +1,318 @@
+"""Your own data: every reader on real Indian Pines crops, train -> bundle -> reload in a new
+process -> bit-identical predictions, the CLI, and every bad input with nothing half-written."""
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+import spectral.io.envi as envi
+import tifffile
+import torch
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from oodseg.annotate import simulate_annotations
+from oodseg.bundle import load_bundle, train
+from oodseg.cli import app
+from oodseg.detectors import DETECTORS, InputDetector, PixelOutputs, make_detector
+from oodseg.io import read_image, read_mask
+from oodseg.manifest import from_folders, load_manifest, read_all
+from oodseg.training import TrainConfig
+
+CLASSES = ("Corn-notill", "Soybean-mintill", "Woods")
+FORMATS = ("hdr", "mat", "mat73", "npy", "npz", "tif", "h5")
+QUICK = TrainConfig(epochs=2, patches_per_epoch=8, batch_size=4, device="cpu")
+
+
+def write_image(path_stem, cube: np.ndarray, fmt: str):
+    """Write an (H, W, C) cube in one of the supported formats; returns the file to read."""
+    if fmt == "hdr":
+        envi.save_image(f"{path_stem}.hdr", cube, force=True, interleave="bil")
+        return path_stem.with_suffix(".hdr")
+    path = path_stem.with_suffix({"mat73": ".mat"}.get(fmt, f".{fmt}"))
+    if fmt == "mat":
+        scipy.io.savemat(path, {"cube": cube, "note": np.zeros(3)})
+    elif fmt == "mat73":  # MATLAB v7.3 = HDF5 with column-major (transposed) arrays
+        with h5py.File(path, "w") as f:
+            f["cube"] = cube.T
+    elif fmt == "npy":
+        np.save(path, cube)
+    elif fmt == "npz":
+        np.savez_compressed(path, cube=cube)
+    elif fmt == "tif":  # one page per band
+        tifffile.imwrite(path, np.moveaxis(cube, -1, 0))
+    elif fmt == "h5":
+        with h5py.File(path, "w") as f:
+            f["data/cube"] = cube
+    return path
+
+
+@pytest.fixture(scope="module")
+def crops(indian_pines):
+    """Three 48 x 48 crops of the real scene with labels of CLASSES only (1..3), and strokes."""
+    labels = np.zeros_like(indian_pines.labels)
+    for k, name in enumerate(CLASSES, start=1):
+        labels[indian_pines.labels == indian_pines.class_id(name)] = k
+    out = []
+    for i, (y, x) in enumerate([(10, 70), (60, 90), (95, 40)]):
+        cube = indian_pines.cube[y : y + 48, x : x + 48].astype(np.float32)
+        dense = labels[y : y + 48, x : x + 48]
+        strokes = simulate_annotations(dense, budget=0.2, seed=i).labels
+        out.append((cube, dense, strokes))
+    return out
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_reads_back_the_real_cube(crops, tmp_path, fmt):
+    cube = crops[0][0]
+    path = write_image(tmp_path / "scan", cube, fmt)
+    got = read_image(path)
+    assert got.shape == cube.shape
+    np.testing.assert_array_equal(got, cube)
+
+
+def test_png_and_jpeg_images_and_three_channel_masks(crops, tmp_path):
+    rgb = (np.clip(crops[0][0][..., [27, 16, 7]] / 8000, 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgb)
+    assert np.abs(read_image(tmp_path / "a.jpg").astype(int) - rgb).mean() < 3
+    mask = crops[0][2].astype(np.uint8)
+    Image.fromarray(np.dstack([mask] * 3)).save(tmp_path / "m.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), mask)
+
+
+FITTED = sorted(n for n, cls in DETECTORS.items() if not issubclass(cls, InputDetector))
+
+
+@pytest.mark.parametrize("name", FITTED)
+def test_every_detector_restores_from_its_stored_state(name):
+    rng = np.random.default_rng(0)
+    w, b = torch.from_numpy(rng.normal(size=(3, 8))), torch.from_numpy(rng.normal(size=3))
+    feats = torch.from_numpy(rng.normal(size=(300, 8)))
+    train_out = PixelOutputs(feats @ w.T + b, feats, w, b)
+    labels = torch.from_numpy(rng.integers(0, 3, 300))
+    det = make_detector(name).fit(train_out, labels)
+    tensors, numbers = det.fitted_state()
+    json.dumps(det.params())  # plain values only
+    restored = type(det).restore(json.loads(json.dumps(det.params())), tensors, numbers)
+    x = torch.from_numpy(rng.normal(size=(50, 8)))
+    test_out = PixelOutputs(x @ w.T + b, x, w, b)
+    torch.testing.assert_close(restored.score(test_out), det.score(test_out), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def dataset(crops, tmp_path_factory):
+    """A manifest whose training images use every hyperspectral format (they must agree on the
+    band count), with sparse PNG masks; the third crop is a validation image."""
+    root = tmp_path_factory.mktemp("data")
+    entries = []
+    for i, (cube, _, strokes) in enumerate(crops):
+        fmt = FORMATS[i % len(FORMATS)] if i < 2 else "tif"
+        image = write_image(root / f"scan{i}", cube, fmt)
+        Image.fromarray(strokes.astype(np.uint8)).save(root / f"scan{i}_mask.png")
+        entry = {"image": image.name, "mask": f"scan{i}_mask.png"}
+        if i == 2:
+            entry["split"] = "val"
+        entries.append(entry)
+    manifest = root / "data.yaml"
+    manifest.write_text(yaml.safe_dump({"classes": list(CLASSES), "images": entries}))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(dataset, tmp_path_factory):
+    torch.manual_seed(0)
+    bundle = train(load_manifest(dataset), detector="mahalanobis", config=QUICK)
+    out = tmp_path_factory.mktemp("models") / "tissue"
+    bundle.save(out)
+    return bundle, out
+
+
+def test_bundle_reloads_in_a_new_process_and_predicts_bit_identical_maps(
+    bundle_dir, crops, tmp_path
+):
+    bundle, out = bundle_dir
+    cube = crops[1][0]
+    labels, scores = bundle.predict(cube)
+    assert labels.shape == scores.shape == cube.shape[:2]
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    np.save(tmp_path / "cube.npy", cube)
+    code = (
+        "import sys, numpy as np; from oodseg import load_bundle; "
+        "b = load_bundle(sys.argv[1]); l, s = b.predict(np.load(sys.argv[2])); "
+        "np.save(sys.argv[3], l); np.save(sys.argv[4], s)"
+    )
+    paths = [str(tmp_path / n) for n in ("l.npy", "s.npy")]
+    subprocess.run(
+        [sys.executable, "-c", code, str(out), str(tmp_path / "cube.npy"), *paths], check=True
+    )
+    np.testing.assert_array_equal(np.load(paths[0]), labels)
+    np.testing.assert_array_equal(np.load(paths[1]), scores)
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["class_names"] == list(CLASSES) and meta["bands"] == 200
+    assert meta["detector"]["name"] == "mahalanobis" and meta["tpr"] == 0.95
+    assert {"oodseg", "torch", "monai"} <= set(meta["versions"])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bundle.json",
+        "detector.safetensors",
+        "model.safetensors",
+    ]
+
+
+def test_threshold_keeps_the_target_share_of_calibration_pixels(bundle_dir, crops):
+    bundle, _ = bundle_dir
+    cube, _, strokes = crops[2]  # the validation image
+    _, scores = bundle.predict(cube)
+    kept = (scores[strokes > 0] >= bundle.threshold).mean()
+    assert kept >= 0.95 and kept < 0.95 + 2 / (strokes > 0).sum() + 1e-9
+
+
+def test_cli_train_then_predict_a_folder(dataset, crops, tmp_path):
+    runner = CliRunner()
+    model = tmp_path / "model"
+    result = runner.invoke(
+        app,
+        ["train", "--data", str(dataset), "--out", str(model), "--epochs", "1", "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i, fmt in enumerate(("npy", "hdr")):
+        write_image(scans / f"new{i}", crops[i][0], fmt)
+    pred = tmp_path / "pred"
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(model),
+            "--input",
+            str(scans),
+            "--out",
+            str(pred),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in pred.iterdir())
+    assert names == [
+        f"new{i}_{kind}" for i in range(2) for kind in ("labels.png", "overlay.png", "scores.tif")
+    ]
+    labels = np.asarray(Image.open(pred / "new0_labels.png"))
+    scores = tifffile.imread(pred / "new0_scores.tif")
+    assert labels.shape == scores.shape == (48, 48) and scores.dtype == np.float32
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+
+
+def test_folders_matched_by_stem(crops, tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "msk").mkdir()
+    for i, (cube, _, strokes) in enumerate(crops):
+        np.save(tmp_path / "img" / f"s{i}.npy", cube)
+        Image.fromarray(strokes.astype(np.uint8)).save(tmp_path / "msk" / f"s{i}.png")
+    data = from_folders(tmp_path / "img", tmp_path / "msk", CLASSES)
+    samples = read_all(data)
+    assert [s.name for s in samples] == ["s0", "s1", "s2"]
+    np.testing.assert_array_equal(samples[1].mask, crops[1][2])
+    (tmp_path / "msk" / "s2.png").unlink()
+    with pytest.raises(FileNotFoundError, match="no mask for s2.npy"):
+        from_folders(tmp_path / "img", tmp_path / "msk", CLASSES)
+
+
+def _bad_case(case, crops, root):
+    """Write a one-image data set broken in one way; returns (manifest, expected message)."""
+    cube, _, strokes = (c.copy() for c in crops[0])
+    mask = strokes.astype(np.uint8)
+    image_name, mask_name = "scan.npy", "mask.png"
+    message = None
+    if case == "missing file":
+        image_name, message = "absent.npy", "absent.npy: file not found"
+    elif case == "corrupt file":
+        (root / "scan.mat").write_bytes(b"MATLAB 5.0 MAT-file garbage" * 3)
+        image_name, message = "scan.mat", "scan.mat: cannot read it"
+    elif case == "truncated file":
+        np.save(root / "full.npy", cube)
+        (root / "scan.npy").write_bytes((root / "full.npy").read_bytes()[:5000])
+        message = "scan.npy: cannot read it"
+    elif case == "shape mismatch":
+        mask, message = mask[:40], "mask is 40x48, image scan.npy is 48x48"
+    elif case == "value outside classes":
+        mask[0, 0], message = 9, "values 9 are outside the declared classes 1..3"
+    elif case == "NaN in cube":
+        cube[3, 4, 5], message = np.nan, "1 NaN or Inf values (pass --nan-policy zero"
+    elif case == "class without annotation":
+        mask[mask == 2], message = 0, "no annotated pixel of class Soybean-mintill"
+    elif case == "no annotation":
+        mask[:], message = 0, "no annotated pixel (every mask is 0 / ignore)"
+    if not (root / image_name).exists() and case != "missing file":
+        np.save(root / image_name, cube)
+    Image.fromarray(mask).save(root / mask_name)
+    manifest = root / "data.yaml"
+    entries = [{"image": image_name, "mask": mask_name}]
+    manifest.write_text(yaml.safe_dump({"classes": list(CLASSES), "images": entries}))
+    return manifest, message
+
+
+BAD = (
+    "missing file",
+    "corrupt file",
+    "truncated file",
+    "shape mismatch",
+    "value outside classes",
+    "NaN in cube",
+    "class without annotation",
+    "no annotation",
+)
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_data_is_refused_with_the_file_named_and_nothing_written(crops, tmp_path, case):
+    manifest, message = _bad_case(case, crops, tmp_path)
+    out = tmp_path / "model"
+    result = CliRunner().invoke(
+        app,
+        ["train", "--data", str(manifest), "--out", str(out), "--epochs", "1", "--device", "cpu"],
+    )
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model")]
+
+
+def test_nan_policy_zero_fills_and_trains(crops, tmp_path):
+    manifest, _ = _bad_case("NaN in cube", crops, tmp_path)
+    data = load_manifest(manifest)
+    from oodseg.manifest import with_nan_policy
+
+    (sample,) = read_all(with_nan_policy(data, "zero"))
+    assert sample.image[3, 4, 5] == 0 and np.isfinite(sample.image).all()
+
+
+def test_bundle_refuses_other_band_counts_and_newer_versions(bundle_dir, crops, tmp_path):
+    bundle, out = bundle_dir
+    with pytest.raises(
+        ValueError, match=r"expected \(H, W, 200\) for this model, got shape \(48, 48, 3\)"
+    ):
+        bundle.predict(crops[0][0][..., :3])
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    for p in out.iterdir():
+        newer.joinpath(p.name).write_bytes(p.read_bytes())
+    meta = json.loads((newer / "bundle.json").read_text())
+    meta["format_version"] = 99
+    (newer / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="bundle format 99 is newer than this oodseg reads"):
+        load_bundle(newer)
+    truncated = newer / "model.safetensors"
+    truncated.write_bytes((out / "model.safetensors").read_bytes()[:1000])
+    meta["format_version"] = 1
+    (newer / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="model.safetensors: corrupt or truncated weights"):
+        load_bundle(newer)
