@@ -26,6 +26,7 @@ from oodseg.training import TrainConfig
 
 CLASSES = ("Corn-notill", "Soybean-mintill", "Woods")
 FORMATS = ("hdr", "mat", "mat73", "npy", "npz", "tif", "h5")
+OTHER = 9  # mask value of the other Indian Pines classes in evaluation masks
 QUICK = TrainConfig(epochs=2, patches_per_epoch=8, batch_size=4, device="cpu")
 
 
@@ -58,11 +59,14 @@ def crops(indian_pines):
     labels = np.zeros_like(indian_pines.labels)
     for k, name in enumerate(CLASSES, start=1):
         labels[indian_pines.labels == indian_pines.class_id(name)] = k
+    labels[(indian_pines.labels > 0) & (labels == 0)] = OTHER  # every other class: OOD truth
     out = []
     for i, (y, x) in enumerate([(10, 70), (60, 90), (95, 40)]):
         cube = indian_pines.cube[y : y + 48, x : x + 48].astype(np.float32)
         dense = labels[y : y + 48, x : x + 48]
-        strokes = simulate_annotations(dense, budget=0.2, seed=i).labels
+        strokes = simulate_annotations(
+            np.where(dense == OTHER, 0, dense), budget=0.2, seed=i
+        ).labels
         out.append((cube, dense, strokes))
     return out
 
@@ -316,3 +320,86 @@ def test_bundle_refuses_other_band_counts_and_newer_versions(bundle_dir, crops, 
     (newer / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="model.safetensors: corrupt or truncated weights"):
         load_bundle(newer)
+
+
+@pytest.fixture(scope="module")
+def evaluation_set(crops, tmp_path_factory):
+    """The three crops with their dense masks; the other classes' pixels are OOD truth."""
+    root = tmp_path_factory.mktemp("eval")
+    entries = []
+    for i, (cube, dense, _) in enumerate(crops):
+        np.save(root / f"e{i}.npy", cube)
+        Image.fromarray(dense.astype(np.uint8)).save(root / f"e{i}.png")
+        entries.append({"image": f"e{i}.npy", "mask": f"e{i}.png"})
+    manifest = root / "eval.yaml"
+    spec = {"classes": list(CLASSES), "ood": [OTHER], "images": entries}
+    manifest.write_text(yaml.safe_dump(spec))
+    return manifest
+
+
+def test_evaluation_matches_scikit_learn_on_the_same_predictions(bundle_dir, crops, evaluation_set):
+    from sklearn.metrics import roc_auc_score
+
+    from oodseg.evaluate import evaluate
+
+    bundle, _ = bundle_dir
+    result = evaluate(bundle, load_manifest(evaluation_set)).results
+    scores, truth = [], []
+    for cube, dense, _ in crops:
+        _, s = bundle.predict(cube)
+        scored = dense > 0
+        scores.append(s[scored])
+        truth.append(dense[scored] != OTHER)  # ID positive
+    scores, truth = np.concatenate(scores), np.concatenate(truth)
+    pooled = result["pooled"]
+    assert pooled["n_id"] == truth.sum() and pooled["n_ood"] == (~truth).sum() > 100
+    assert pooled["auroc"] == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+    assert pooled["id_kept"] == pytest.approx((scores[truth] >= bundle.threshold).mean())
+    assert len(result["per_image"]) == 3
+
+
+def test_cli_evaluate_then_html_report_in_a_headless_browser(bundle_dir, evaluation_set, tmp_path):
+    import shutil
+
+    _, model = bundle_dir
+    out = tmp_path / "eval"
+    runner = CliRunner()
+    args = ["evaluate", "--model", str(model), "--data", str(evaluation_set), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert {"results.json", "results.md", "results.csv", "roc.png", "images.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "<table>" in html
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (make test installs it from the Debian packages)")
+    # Count, inside the browser, the tables and the images that really decoded.
+    probe = tmp_path / "probe.html"
+    probe.write_text(
+        html.replace(
+            "</body>",
+            "<script>window.onload=()=>{document.body.dataset.tables="
+            "document.querySelectorAll('table').length;document.body.dataset.images="
+            "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;}</script></body>",
+        )
+    )
+    dom = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert 'data-tables="1"' in dom and 'data-images="3"' in dom

@@ -183,27 +183,23 @@ def crossval_command(
         raise typer.Exit(2) from None
     from oodseg.report import print_summary, write_frames_report, write_report
 
-    # Everything is written into a sibling temporary folder that replaces --out only when complete.
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tmp.mkdir(parents=True)
-    try:
+    results = {}
+
+    def run(tmp: Path) -> None:
         if isinstance(config, FramesConfig):
             result = crossval_frames(config, checkpoint_root=tmp / "checkpoints", console=console)
             write_frames_report(tmp, result)
         else:
             result = crossval(config, checkpoint_root=tmp / "checkpoints", console=console)
             write_report(tmp, result)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
+        results.update(result.results)
+
+    try:
+        _write_folder(out, run)
     except (ValueError, FileNotFoundError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for res in result.results.get("protocols", {"": result.results}).values():
+    for res in results.get("protocols", {"": results}).values():
         print_summary(res, console)
     console.print(f"results written to {out}/ (results.json, results.md, results.csv, figures)")
 
@@ -321,3 +317,62 @@ def predict_command(
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
     console.print(f"{len(files)} prediction(s) written to {out}/")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: Annotated[Path, typer.Option(help="Model bundle folder (from oodseg train).")],
+    out: Annotated[Path, typer.Option(help="Folder for results and figures.")],
+    data: Annotated[
+        Path, typer.Option(help="YAML manifest of labelled images (its 'ood' values: OOD truth).")
+    ],
+    nan_policy: Annotated[
+        str, typer.Option(help="NaN / Inf in an image: error, or zero (set them to 0).")
+    ] = "error",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+) -> None:
+    """Score a model on labelled images: ID = the classes' pixels, OOD = the manifest's ood values."""
+    from oodseg.evaluate import evaluate
+    from oodseg.report import write_evaluation
+
+    try:
+        _new_folder(out, overwrite)
+        dataset = with_nan_policy(load_manifest(data), check_nan_policy(nan_policy))
+        evaluation = evaluate(load_bundle(model), dataset, device=device)
+        _write_folder(out, lambda tmp: write_evaluation(tmp, evaluation))
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    pooled = evaluation.results["pooled"]
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in pooled.items() if isinstance(v, float))
+    console.print(f"pooled: {shown}\nresults written to {out}/")
+
+
+@app.command("report")
+def report_command(
+    folder: Annotated[Path, typer.Argument(help="A crossval or evaluate output folder.")],
+) -> None:
+    """Write FOLDER/report.html: tables and figures in one self-contained page."""
+    from oodseg.report import write_html
+
+    try:
+        path = write_html(folder)
+    except FileNotFoundError as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"report written to {path}")
+
+
+def _write_folder(out: Path, write) -> None:
+    """Run ``write(tmp)`` into a sibling temporary folder that replaces ``out`` only when complete."""
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -4,6 +4,7 @@ A manifest::
 
     classes: [tumour, vessel, fat]      # mask value k is classes[k - 1]; 0 = unlabelled
     ignore: 255                         # optional: a mask value that is neither (never scored)
+    ood: [9]                            # optional, for evaluation: mask values that are OOD truth
     variable: cube                      # optional: the array's name in .mat / .npz / HDF5 files
     mask_variable: labels               # optional: the same for the masks
     images:                             # paths relative to the manifest
@@ -44,6 +45,7 @@ class ImageDataset:
     variable: str | None = None
     mask_variable: str | None = None
     nan_policy: str = "error"
+    ood: tuple[int, ...] = ()  # mask values that are known OOD (evaluation only)
 
     def split(self, name: str) -> tuple[Item, ...]:
         return tuple(i for i in self.items if i.split == name)
@@ -52,7 +54,8 @@ class ImageDataset:
 @dataclass(frozen=True)
 class Sample:
     """A read and checked item: ``image`` (H, W, C) float32, ``mask`` (H, W) int64 with 0 =
-    unlabelled (``ignore`` values are turned into 0: never trained on, never scored)."""
+    unlabelled (``ignore`` values are turned into 0: never trained on, never scored) and K + 1 where
+    the mask holds one of the data set's ``ood`` values."""
 
     name: str
     image: np.ndarray
@@ -87,6 +90,7 @@ def load_manifest(path: str | Path) -> ImageDataset:
             spec.get("ignore"),
             spec.get("variable"),
             spec.get("mask_variable"),
+            ood=tuple(int(v) for v in spec.get("ood", []) or []),
         ),
         path,
     )
@@ -144,6 +148,9 @@ def _checked(data: ImageDataset, source: Path) -> ImageDataset:
         raise ValueError(f"{source}: no image listed")
     if data.ignore is not None and 0 <= data.ignore <= len(data.class_names):
         raise ValueError(f"{source}: the ignore value {data.ignore} is also a class or unlabelled")
+    clash = [v for v in data.ood if 0 <= v <= len(data.class_names) or v == data.ignore]
+    if clash:
+        raise ValueError(f"{source}: the ood values {clash} are also a class, unlabelled or ignore")
     return data
 
 
@@ -163,15 +170,18 @@ def read_sample(data: ImageDataset, item: Item, bands: int | None = None) -> Sam
                 f"{item.mask}: mask is {mask.shape[0]}x{mask.shape[1]}, image {item.image.name} is "
                 f"{image.shape[0]}x{image.shape[1]}"
             )
+        k = len(data.class_names)
         if data.ignore is not None:
             mask = np.where(mask == data.ignore, 0, mask)
-        bad = np.unique(mask[(mask < 0) | (mask > len(data.class_names))])
+        ood = np.isin(mask, data.ood)
+        bad = np.unique(mask[((mask < 0) | (mask > k)) & ~ood])
         if bad.size:
             raise ValueError(
                 f"{item.mask}: values {', '.join(map(str, bad[:5]))} are outside the declared "
                 f"classes 1..{len(data.class_names)} (0 = unlabelled"
                 + (f", {data.ignore} = ignore)" if data.ignore is not None else ")")
             )
+        mask = np.where(ood, k + 1, mask)
     return Sample(item.name, image.astype(np.float32), mask)
 
 

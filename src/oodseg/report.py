@@ -21,6 +21,7 @@ from oodseg.bundle import Bundle  # noqa: E402
 from oodseg.crossval import METRICS, CrossvalResult  # noqa: E402
 from oodseg.crossval_frames import FramePanel, FramesResult  # noqa: E402
 from oodseg.datasets import IGNORE_LABEL  # noqa: E402
+from oodseg.evaluate import Evaluation  # noqa: E402
 from oodseg.io import atomic_path  # noqa: E402
 
 LABELS = {
@@ -345,7 +346,7 @@ def plot_frame_panels(
         row[0].set_title(p.name, fontsize=9)
         row[1].imshow(_overlay(frame, truth, colours))
         row[1].contourf(p.mask == 0, levels=[0.5, 1.5], colors="none", hatches=["...."])
-        row[1].set_title("ground truth (dotted: background)", fontsize=9)
+        row[1].set_title("ground truth (dotted: background / OOD)", fontsize=9)
         row[2].imshow(_overlay(frame, p.prediction, colours))
         ood = (p.prediction == 0).astype(float)
         row[2].imshow(np.dstack([np.full(ood.shape + (3,), 0.5), 0.6 * ood[..., None]]))
@@ -410,18 +411,113 @@ def write_prediction(
     return paths
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """An RGB uint8 view of an (H, W, C) image (three spread bands of a cube, stretched) with the
-    classes tinted and OOD pixels greyed."""
+def overlay_rgb(image: np.ndarray) -> np.ndarray:
+    """An RGB uint8 view of an (H, W, C) image: itself if RGB, else three spread bands (or its one
+    band), each stretched between its 2nd and 98th percentile."""
     c = image.shape[-1]
-    bands = (
-        (0, 0, 0)
-        if c < 3
-        else (0, 1, 2)
-        if c == 3
-        else tuple(int(c * f) for f in (0.75, 0.5, 0.25))
-    )
-    rgb = false_colour(np.asarray(image, np.float32), bands)
+    if c < 3:
+        bands = (0, 0, 0)
+    elif c == 3:
+        bands = (0, 1, 2)
+    else:
+        bands = tuple(int(c * f) for f in (0.75, 0.5, 0.25))
+    return (false_colour(np.asarray(image, np.float32), bands) * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """:func:`overlay_rgb` with the classes tinted and OOD pixels greyed."""
+    rgb = overlay_rgb(image) / 255.0
     colours = class_colours(num_classes)
     tinted = np.where(labels[..., None] > 0, 0.5 * rgb + 0.5 * colours[labels], 0.35 * rgb + 0.4)
     return (np.clip(tinted, 0, 1) * 255).astype(np.uint8)
+
+
+EVALUATION_METRICS = (
+    "auroc",
+    "aupr_in",
+    "aupr_out",
+    "fpr95",
+    "id_kept",
+    "id_accuracy",
+    "ood_recall",
+    "miou_k_plus_1",
+)
+
+
+def write_evaluation(out: Path, evaluation: Evaluation) -> None:
+    """results.json / .md / .csv, the pooled ROC curve and score histogram, and image panels."""
+    res = evaluation.results
+    (out / "results.json").write_text(json.dumps(res, indent=2))
+    (out / "results.md").write_text(evaluation_markdown(res))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["image", "n_id", "n_ood", *EVALUATION_METRICS])
+    for r in [*res["per_image"], {"image": "pooled", **res["pooled"]}]:
+        cells = ["" if r.get(m) is None else f"{r[m]:.6g}" for m in EVALUATION_METRICS]
+        writer.writerow([r["image"], r["n_id"], r["n_ood"], *cells])
+    (out / "results.csv").write_text(buf.getvalue())
+    det = res["detector"]
+    if res["pooled"]["n_ood"]:
+        summary = {det: {"auroc": {"mean": res["pooled"]["auroc"], "std": 0.0}}}
+        view = CrossvalResult(
+            {"summary": summary, "dataset": "evaluation", "split": "pooled"},
+            None,
+            None,
+            [{"figures": {det: evaluation.figures}}],
+        )
+        plot_roc(view, out / "roc.png")
+        plot_histograms(view, out / "histograms.png")
+    if evaluation.panels:
+        plot_frame_panels(evaluation.panels, tuple(res["classes"]), det, out / "images.png")
+
+
+def evaluation_markdown(res: dict) -> str:
+    """Pooled and per-image tables of an evaluation."""
+    pooled = res["pooled"]
+    lines = [
+        f"# Evaluation: {res['detector']}, threshold {res['threshold']:.4g} "
+        f"(target TPR {res['target_tpr']})",
+        "",
+        f"{len(res['per_image'])} images, {pooled['n_id']} ID and {pooled['n_ood']} OOD pixels, "
+        f"{res['seconds']:.0f} s.",
+        "",
+        "| | " + " | ".join(_EVAL_LABELS[m] for m in EVALUATION_METRICS) + " |",
+        "|---" * (len(EVALUATION_METRICS) + 1) + "|",
+    ]
+    for r in [{"image": "**pooled**", **pooled}, *res["per_image"]]:
+        cells = ["—" if r.get(m) is None else f"{r[m]:.3f}" for m in EVALUATION_METRICS]
+        lines.append(f"| {r['image']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_EVAL_LABELS = {**LABELS, "id_kept": "ID kept (TPR)"}
+
+
+def write_html(folder: Path) -> Path:
+    """``report.html`` in ``folder``: its results.md as HTML with every PNG figure embedded, one
+    self-contained file that reads offline."""
+    import base64
+
+    import markdown
+
+    md_path = folder / "results.md"
+    if not md_path.is_file():
+        raise FileNotFoundError(f"{md_path}: no results to report (run crossval or evaluate first)")
+    body = markdown.markdown(md_path.read_text(), extensions=["tables"])
+    figures = "".join(
+        f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{p.stem}</figcaption></figure>'
+        for p in sorted(folder.glob("*.png"))
+    )
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>oodseg report</title><style>"
+        "body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.85em}"
+        "td,th{border:1px solid #ccc;padding:0.25em 0.5em;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+        f"</style></head><body>{body}<h2>Figures</h2>{figures}</body></html>"
+    )
+    path = folder / "report.html"
+    with atomic_path(path) as tmp:
+        tmp.write_text(page)
+    return path
