@@ -403,3 +403,53 @@ def test_cli_evaluate_then_html_report_in_a_headless_browser(bundle_dir, evaluat
         check=True,
     ).stdout
     assert 'data-tables="1"' in dom and 'data-images="3"' in dom
+
+
+def test_training_killed_mid_run_resumes_to_the_same_bundle(dataset, tmp_path):
+    """Kill -9 a training process after its first checkpoint, resume, and compare with an
+    uninterrupted run: same weights, same threshold."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    def command(out, *extra):
+        return [
+            sys.executable,
+            "-m",
+            "oodseg",
+            "train",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--epochs",
+            "8",
+            "--patches-per-epoch",
+            "32",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+
+    whole = tmp_path / "whole"
+    subprocess.run(command(whole), check=True, capture_output=True)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(command(cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / ".cut.checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.is_file() and not cut.exists()  # killed before the end: no bundle, a checkpoint
+    subprocess.run(command(cut, "--resume"), check=True, capture_output=True)
+    a, b = load_file(whole / "model.safetensors"), load_file(cut / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    meta_a = json.loads((whole / "bundle.json").read_text())
+    meta_b = json.loads((cut / "bundle.json").read_text())
+    assert meta_a["threshold"] == meta_b["threshold"]
+    assert not (tmp_path / ".cut.checkpoints").exists()  # cleaned up once the bundle is saved

@@ -222,11 +222,13 @@ def train(
     encoder_weights: str | Path | None = None,
     calibration_share: float = 0.25,
     checkpoint_dir: Path | None = None,
+    resume: bool = False,
     console: Console | None = None,
 ) -> Bundle:
     """Train a bundle on a data set's training images (sparse masks). The threshold keeps ``tpr``
     of the calibration annotations: the ``val`` images' if the data set has some, else a seeded
-    ``calibration_share`` of each class's strokes (connected components), held out of training."""
+    ``calibration_share`` of each class's strokes (connected components), held out of training.
+    With ``checkpoint_dir``, training checkpoints every epoch and ``resume`` continues from there."""
     config = config or TrainConfig()
     console = console or Console()
     if detector not in DETECTORS:
@@ -261,7 +263,14 @@ def train(
         encoder_weights=Path(encoder_weights) if encoder_weights else None,
     )
     train_config = TrainConfig(**{**asdict(config), "patch": PRESETS[preset].patch})
-    fit(net, normaliser(images), targets, train_config, checkpoint_dir=checkpoint_dir)
+    fit(
+        net,
+        normaliser(images),
+        targets,
+        train_config,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+    )
 
     bundle = Bundle(
         net.eval(),

@@ -38,11 +38,17 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
-@app.command("crossval")
+crossval_app = typer.Typer(no_args_is_help=False)
+app.add_typer(crossval_app, name="crossval")
+
+
+@crossval_app.callback(invoke_without_command=True)
 def crossval_command(
+    ctx: typer.Context,
     out: Annotated[
-        Path, typer.Option(help="Output folder (must be new or empty, or use --overwrite).")
-    ],
+        Path | None,
+        typer.Option(help="Output folder (must be new or empty, or use --overwrite)."),
+    ] = None,
     dataset: Annotated[
         str, typer.Option(help="Data set: indian_pines (embedded) or endoscapes (--data-root).")
     ] = "indian_pines",
@@ -130,14 +136,22 @@ def crossval_command(
     channels_last: Annotated[
         bool, typer.Option(help="Channels-last memory format (faster convolutions on GPUs).")
     ] = False,
+    fold: Annotated[
+        int | None,
+        typer.Option(
+            help="Run only fold i (1-based; one job of a cluster array), merge with 'crossval merge'."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
 ) -> None:
-    """Leave-one-class-out cross-validation: train without each class in turn, score it as OOD."""
+    """Leave-one-class-out cross-validation: train without each class in turn, score it as OOD.
+    On a frame data set (endoscapes), also background as OOD, with baselines."""
+    if ctx.invoked_subcommand is not None:
+        return
     try:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-            raise ValueError(
-                f"{out} exists and is not empty; choose a new folder or pass --overwrite"
-            )
+        if out is None:
+            raise ValueError("--out is required: the folder for the results")
+        _new_folder(out, overwrite)
         train = TrainConfig(
             epochs=epochs,
             patches_per_epoch=patches_per_epoch,
@@ -173,6 +187,7 @@ def crossval_command(
             config = CrossvalConfig(
                 dataset=dataset,
                 split=split,
+                fold=fold,
                 annotation=annotation,
                 budget=budget,
                 margin=margin,
@@ -227,6 +242,26 @@ def _new_folder(out: Path, overwrite: bool) -> None:
         raise ValueError(f"{out} exists and is not empty; choose a new folder or pass --overwrite")
 
 
+@crossval_app.command("merge")
+def merge_command(
+    runs: Annotated[list[Path], typer.Argument(help="Output folders of fold jobs (--fold i).")],
+    out: Annotated[Path, typer.Option(help="Folder for the merged results.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+) -> None:
+    """Merge fold jobs of one configuration into one set of results and figures."""
+    from oodseg.report import print_summary, write_merged
+
+    merged = {}
+    try:
+        _new_folder(out, overwrite)
+        _write_folder(out, lambda tmp: merged.update(write_merged(tmp, runs)))
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    print_summary(merged, console)
+    console.print(f"{len(runs)} runs merged into {out}/")
+
+
 @app.command("train")
 def train_command(
     out: Annotated[Path, typer.Option(help="Model bundle folder to write.")],
@@ -259,11 +294,20 @@ def train_command(
         str, typer.Option(help="NaN / Inf in an image: error, or zero (set them to 0).")
     ] = "error",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run from its last epoch's checkpoint.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
 ) -> None:
-    """Train a model on images with sparse masks and save it as a bundle (safetensors + JSON)."""
+    """Train a model on images with sparse masks and save it as a bundle (safetensors + JSON).
+    Checkpoints go to a hidden folder beside --out (.NAME.checkpoints) until the bundle is saved."""
+    checkpoints = out.parent / f".{out.name}.checkpoints"
     try:
         _new_folder(out, overwrite)
+        if resume and not (checkpoints / "last.ckpt").is_file():
+            raise ValueError(f"nothing to resume: {checkpoints / 'last.ckpt'} does not exist")
+        if not resume:
+            shutil.rmtree(checkpoints, ignore_errors=True)
         dataset = _dataset(data, images, masks, classes, ignore, nan_policy)
         config = TrainConfig(
             epochs=epochs, patches_per_epoch=patches_per_epoch, seed=seed, device=device
@@ -276,9 +320,12 @@ def train_command(
             tpr=tpr,
             config=config,
             encoder_weights=encoder_weights,
+            checkpoint_dir=checkpoints,
+            resume=resume,
             console=console,
         )
         bundle.save(out, overwrite=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None

@@ -71,8 +71,11 @@ class CrossvalConfig:
     margin: int = 1
     train: TrainConfig = field(default_factory=TrainConfig)
     encoder_weights: str | None = None
+    fold: int | None = None  # run only this fold (1-based, in held-out order): one job of an array
 
     def __post_init__(self) -> None:
+        if self.fold is not None and self.fold < 1:
+            raise ValueError(f"--fold counts from 1, got {self.fold}")
         if not 0 < self.tpr < 1:
             raise ValueError(f"target TPR must be strictly between 0 and 1, got {self.tpr}")
         if self.split not in DEFAULT_BUDGET:
@@ -136,6 +139,10 @@ def crossval(
     )
     if config.encoder_weights and not Path(config.encoder_weights).is_file():
         raise FileNotFoundError(f"{config.encoder_weights}: encoder weights file not found")
+    if config.fold is not None:
+        if config.fold > len(held_out_ids):
+            raise ValueError(f"--fold {config.fold}: there are {len(held_out_ids)} folds")
+        held_out_ids = [held_out_ids[config.fold - 1]]
     split = make_split(
         scene.labels,
         config.split,
@@ -348,4 +355,34 @@ def _versions() -> dict[str, str]:
         "monai": monai.__version__,
         "lightning": lightning.__version__,
         "numpy": np.__version__,
+    }
+
+
+def merge(runs: Sequence[dict]) -> dict:
+    """One run's results from the results of fold jobs (``--fold i``) of one configuration."""
+    if not runs:
+        raise ValueError("nothing to merge")
+
+    def setup(res: dict) -> dict:
+        return {**res["config"], "fold": None}
+
+    base = runs[0]
+    for res in runs[1:]:
+        if setup(res) != setup(base):
+            diff = sorted(k for k in setup(base) if setup(res).get(k) != setup(base)[k])
+            raise ValueError(f"the runs differ in configuration ({', '.join(diff)}): not one run")
+    rows = [row for res in runs for row in res["folds"]]
+    held = [r["held_out"] for r in rows if r["detector"] == rows[0]["detector"]]
+    repeated = sorted({h for h in held if held.count(h) > 1})
+    if repeated:
+        raise ValueError(f"fold {', '.join(repeated)} appears in several runs")
+    return {
+        **base,
+        "folds": rows,
+        "summary": summarise(rows, list(base["summary"])),
+        "skipped_folds": [s for res in runs for s in res["skipped_folds"]],
+        "left_out_classes": {k: v for res in runs for k, v in res["left_out_classes"].items()},
+        "config": setup(base),
+        "seconds": round(sum(res["seconds"] for res in runs), 1),
+        "merged_from": len(runs),
     }

@@ -18,7 +18,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from oodseg.bundle import Bundle  # noqa: E402
-from oodseg.crossval import METRICS, CrossvalResult  # noqa: E402
+from oodseg.crossval import METRICS, CrossvalResult, FoldFigures  # noqa: E402
 from oodseg.crossval_frames import FramePanel, FramesResult  # noqa: E402
 from oodseg.datasets import IGNORE_LABEL  # noqa: E402
 from oodseg.evaluate import Evaluation  # noqa: E402
@@ -59,6 +59,7 @@ def write_report(out: Path, result: CrossvalResult) -> None:
     (out / "results.csv").write_text(csv_table(res))
     plot_roc(result, out / "roc.png")
     plot_histograms(result, out / "histograms.png")
+    save_figure_data(result.folds, out / "figures.npz")
     # Panels for the folds with the most OOD pixels: where the score map is most telling.
     by_size = sorted(result.folds, key=lambda f: -len(next(iter(f["figures"].values())).ood_scores))
     for fold in by_size[:PANEL_FOLDS]:
@@ -521,3 +522,67 @@ def write_html(folder: Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(page)
     return path
+
+
+_FIGURE_FIELDS = ("threshold", "id_scores", "ood_scores", "fpr", "tpr")
+
+
+def save_figure_data(folds: list[dict], path: Path) -> None:
+    """What the ROC and histogram figures are drawn from, so that ``crossval merge`` can redraw
+    them for fold jobs run apart (arrays only: read back without unpickling)."""
+    arrays = {}
+    for fold in folds:
+        for det, f in fold["figures"].items():
+            values = (np.asarray(f.threshold), f.id_scores, f.ood_scores, *f.roc)
+            for name, value in zip(_FIGURE_FIELDS, values, strict=True):
+                arrays[f"{fold['held_out']}|{det}|{name}"] = value
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def load_figure_data(path: Path) -> list[dict]:
+    """The folds (``{"held_out", "figures"}``) saved by :func:`save_figure_data`."""
+    folds: dict[str, dict] = {}
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            held, det, name = key.split("|")
+            folds.setdefault(held, {}).setdefault(det, {})[name] = z[key]
+    return [
+        {
+            "held_out": held,
+            "figures": {
+                det: FoldFigures(
+                    float(f["threshold"]), f["id_scores"], f["ood_scores"], (f["fpr"], f["tpr"])
+                )
+                for det, f in dets.items()
+            },
+        }
+        for held, dets in folds.items()
+    ]
+
+
+def write_merged(out: Path, runs: list[Path]) -> dict:
+    """Merge fold jobs' output folders into one report: tables, figures, and their panels."""
+    import shutil
+
+    from oodseg.crossval import merge
+
+    results = []
+    for run in runs:
+        path = run / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not a crossval output folder")
+        results.append(json.loads(path.read_text()))
+    res = merge(results)
+    folds = [f for run in runs for f in load_figure_data(run / "figures.npz")]
+    (out / "results.json").write_text(json.dumps(res, indent=2))
+    (out / "results.md").write_text(markdown(res))
+    (out / "results.csv").write_text(csv_table(res))
+    view = CrossvalResult(res, None, None, folds)
+    plot_roc(view, out / "roc.png")
+    plot_histograms(view, out / "histograms.png")
+    save_figure_data(folds, out / "figures.npz")
+    for run in runs:
+        for panel in run.glob("panel_*.png"):
+            shutil.copy(panel, out / panel.name)
+    return res

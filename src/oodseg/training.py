@@ -150,10 +150,14 @@ def fit(
     *,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> Segmenter:
     """Train ``net`` on an (H, W, C) image, or N such images stacked as (N, H, W, C), whose
     ``target`` ((H, W) or (N, H, W)) holds class indices 0..K-1 at the annotated pixels and
-    ``IGNORE`` elsewhere. Seeded: the same call gives the same weights."""
+    ``IGNORE`` elsewhere. Seeded: the same call gives the same weights. A checkpoint is written to
+    ``checkpoint_dir/last.ckpt`` after every epoch; ``resume`` continues from it (an interrupted
+    run then ends with the same weights as an uninterrupted one: patches are drawn from a
+    generator seeded by seed, epoch and index, not from a global state)."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     images = image if image.ndim == 4 else image[None]
     data = PatchDataset(
@@ -188,7 +192,9 @@ def fit(
             deterministic=True,
             default_root_dir=checkpoint_dir,
         )
-        trainer.fit(module, loader)
+        last = checkpoint_dir / "last.ckpt" if checkpoint_dir is not None else None
+        # Our own checkpoint, written by this function: Lightning's loader unpickles its loop state.
+        trainer.fit(module, loader, ckpt_path=last if resume and last.is_file() else None)
     return net.eval()
 
 
