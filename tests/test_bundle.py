@@ -440,7 +440,7 @@ def test_training_killed_mid_run_resumes_to_the_same_bundle(dataset, tmp_path):
     deadline = time.monotonic() + 120
     while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)  # into the next epoch
+    time.sleep(0.1)  # into the next epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.is_file() and not cut.exists()  # killed before the end: no bundle, a checkpoint

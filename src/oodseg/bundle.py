@@ -51,18 +51,14 @@ class Bundle:
     def bands(self) -> int:
         return len(self.normaliser.mean)
 
-    @property
-    def roi(self) -> int:
-        """Sliding-window side: four training patches' worth of context, a multiple of the
-        network's divisor."""
-        return 4 * PRESETS[self.preset].patch
-
     def predict(
-        self, image: np.ndarray, *, device: str = "cpu", strip: int = 1024, source: str = "image"
+        self, image: np.ndarray, *, device: str = "cpu", tile: int = 1024, source: str = "image"
     ) -> tuple[np.ndarray, np.ndarray]:
         """K+1 labels (H, W) (0 = OOD, 1..K the classes) and ID-ness scores (H, W) float32 of an
-        (H, W, bands) image. Rows are read ``strip`` at a time (with a margin), so a memory-mapped
-        cube larger than memory works; within a strip MONAI's sliding window does the tiling."""
+        (H, W, bands) image. The image is read in strips of ``tile`` rows (plus a margin of
+        ``tile // 16`` on each side, dropped afterwards), so a memory-mapped cube larger than
+        memory works; each strip goes through MONAI's sliding window in windows as tall as the
+        strip and at most ``tile`` wide (overlapping by a quarter only where the strip is wider)."""
         if image.ndim != 3 or image.shape[-1] != self.bands:
             raise ValueError(
                 f"{source}: expected (H, W, {self.bands}) for this model, got shape {image.shape}"
@@ -70,42 +66,63 @@ class Bundle:
         h, w, _ = image.shape
         labels = np.zeros((h, w), np.uint8 if len(self.class_names) < 256 else np.uint16)
         scores = np.zeros((h, w), np.float32)
-        margin = self.roi // 4
+        margin = tile // 16
         dev = _torch_device(device)
-        for y0 in range(0, h, strip):
-            a, b = max(0, y0 - margin), min(h, y0 + strip + margin)
-            rows = np.asarray(image[a:b], np.float32)
-            if not np.isfinite(rows).all():
-                raise ValueError(f"{source}: NaN or Inf values in rows {a}..{b - 1}")
-            logits, score = self._score(self.normaliser(rows), dev)
-            keep = slice(y0 - a, y0 - a + min(strip, h - y0))
+        for y0 in range(0, h, tile):
+            a, b = max(0, y0 - margin), min(h, y0 + tile + margin)
+            logits, score = self._score(image[a:b], dev, tile, source=source, first_row=a)
+            keep = slice(y0 - a, y0 - a + min(tile, h - y0))
             pred = np.where(score >= self.threshold, logits.argmax(0) + 1, OOD_LABEL)
-            labels[y0 : y0 + strip] = pred[keep]
-            scores[y0 : y0 + strip] = score[keep]
+            labels[y0 : y0 + tile] = pred[keep]
+            scores[y0 : y0 + tile] = score[keep]
         return labels, scores
 
-    def _forward(self, image: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
-        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)
-        net = self.net.to(device).eval()
+    def _window(self, x: torch.Tensor, predictor, tile: int):
+        """MONAI's sliding window over a strip: windows as tall as the strip, at most ``tile``
+        wide, sides rounded up to the network's divisor."""
+        d = PRESETS[self.preset].divisor
+        h, w = x.shape[-2:]
+        roi = (-(-h // d) * d, -(-min(w, tile) // d) * d)
         with torch.no_grad():
-            logits, features = sliding_window_inference(
-                x, self.roi, 4, net, overlap=0.25, mode="gaussian"
-            )
+            return sliding_window_inference(x, roi, 1, predictor, overlap=0.25, mode="gaussian")
+
+    def _input(
+        self, image: np.ndarray, device: torch.device, source: str = "image", first_row: int = 0
+    ) -> torch.Tensor:
+        """The normalised (1, C, H, W) float32 network input of a raw (H, W, C) image (a memory
+        map is read here, row by row). Converted, checked, normalised and transposed one row at a
+        time: a whole-image transposing copy of a 200-band cube thrashes the cache and cost 3x as
+        much (as much as the small network's forward)."""
+        mean = torch.as_tensor(self.normaliser.mean, dtype=torch.float32)
+        std = torch.as_tensor(self.normaliser.std, dtype=torch.float32)
+        h, w, c = image.shape
+        check = not np.issubdtype(image.dtype, np.integer)
+        x = torch.empty(c, h, w)
+        for r in range(h):
+            row = torch.from_numpy(np.array(image[r], np.float32))  # a copy: memmaps are read-only
+            if check and not torch.isfinite(row).all():
+                raise ValueError(f"{source}: NaN or Inf values in row {first_row + r}")
+            x[:, r] = ((row - mean) / std).T
+        return x[None].to(device)
+
+    def _forward(
+        self, image: np.ndarray, device: torch.device, tile: int = 1024, **where
+    ) -> tuple[torch.Tensor, ...]:
+        """The normalised input, logits (K, H, W) and features (F, H, W) of a raw image."""
+        x = self._input(image, device, **where)
+        logits, features = self._window(x, self.net.to(device).eval(), tile)
         return x, logits[0].float().cpu(), features[0].float().cpu()
 
-    def _score(self, image: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-        """Logits (K, H, W) and the detector's score map (H, W) of a normalised image."""
-        x, logits, features = self._forward(image, device)
+    def _score(
+        self, image: np.ndarray, device: torch.device, tile: int = 1024, **where
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (K, H, W) and the detector's score map (H, W) of a raw image; ``where``
+        (source, first_row) names the place of a bad value in errors."""
+        x, logits, features = self._forward(image, device, tile, **where)
         if isinstance(self.detector, InputDetector):
-            with torch.no_grad():
-                score = sliding_window_inference(
-                    x,
-                    self.roi,
-                    4,
-                    lambda t: self.detector.score_image(self.net, t)[:, None].float(),
-                    overlap=0.25,
-                    mode="gaussian",
-                )[0, 0]
+            score = self._window(
+                x, lambda t: self.detector.score_image(self.net, t)[:, None].float(), tile
+            )[0, 0]
         else:
             outputs = PixelOutputs.from_maps(logits, features, head=self.net.head)
             score = self.detector.score(outputs).reshape(logits.shape[1:])
@@ -286,12 +303,12 @@ def train(
     if not isinstance(bundle.detector, InputDetector):
         parts, labels = [], []
         for s, m in zip(samples, train_masks, strict=True):
-            _, logits, feats = bundle._forward(normaliser(s.image), device)
+            _, logits, feats = bundle._forward(s.image, device)
             parts.append(PixelOutputs.from_maps(logits, feats, torch.from_numpy(m > 0), net.head))
             labels.append(torch.from_numpy(m[m > 0] - 1))
         bundle.detector.fit(PixelOutputs.concat(parts), torch.cat(labels))
     cal = [
-        bundle._score(normaliser(s.image), device)[1][m > 0]
+        bundle._score(s.image, device)[1][m > 0]
         for s, m in zip(cal_samples, cal_masks, strict=True)
     ]
     bundle.threshold = calibrate_threshold(np.concatenate(cal), tpr)

@@ -172,7 +172,8 @@ def fit(
         callbacks.append(RichProgressBar(leave=False))
     if checkpoint_dir is not None:
         callbacks.append(
-            ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_top_k=0, save_last=True)
+            # No monitored metric: the one checkpoint kept is the latest, rewritten every epoch.
+            ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_top_k=1, every_n_epochs=1)
         )
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
