@@ -453,3 +453,53 @@ def test_training_killed_mid_run_resumes_to_the_same_bundle(dataset, tmp_path):
     meta_b = json.loads((cut / "bundle.json").read_text())
     assert meta_a["threshold"] == meta_b["threshold"]
     assert not (tmp_path / ".cut.checkpoints").exists()  # cleaned up once the bundle is saved
+
+
+def test_ddp_training_with_two_processes_reduces_the_detector_exactly(dataset, tmp_path):
+    """Two CPU processes (gloo): each scores half of the images; the gathered statistics must be
+    what one process computes with the trained network, to float32 rounding (the processes run
+    the network with fewer threads each, which reorders the convolutions' sums)."""
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "oodseg",
+        "train",
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--patches-per-epoch",
+        "16",
+        "--device",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--detector",
+        "mahalanobis",
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    bundle = load_bundle(out)
+    data = load_manifest(dataset)
+    train_samples, val_samples = read_all(data, "train"), read_all(data, "val")
+    assert len(train_samples) == 2  # one per process
+    parts, labels = [], []
+    for s in train_samples:
+        _, logits, feats = bundle._forward(s.image, torch.device("cpu"))
+        parts.append(
+            PixelOutputs.from_maps(logits, feats, torch.from_numpy(s.mask > 0), bundle.net.head)
+        )
+        labels.append(torch.from_numpy(s.mask[s.mask > 0] - 1))
+    single = make_detector("mahalanobis").fit(PixelOutputs.concat(parts), torch.cat(labels))
+    torch.testing.assert_close(bundle.detector.means_, single.means_, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(bundle.detector.precision_, single.precision_, rtol=1e-4, atol=1e-6)
+    _, scores = bundle.predict(val_samples[0].image)
+    from oodseg.threshold import calibrate_threshold
+
+    expected = calibrate_threshold(scores[val_samples[0].mask > 0], 0.95)
+    assert bundle.threshold == pytest.approx(expected, rel=1e-5)

@@ -24,6 +24,7 @@ from scipy import ndimage
 from oodseg.crossval import _torch_device, _versions
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import DETECTORS, Detector, InputDetector, PixelOutputs, make_detector
+from oodseg.distributed import broadcast_module, gather_by_image, my_images
 from oodseg.manifest import ImageDataset, Sample, read_all
 from oodseg.model import PRESETS, Segmenter, build_network
 from oodseg.threshold import calibrate_threshold
@@ -288,6 +289,7 @@ def train(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
     )
+    broadcast_module(net)
 
     bundle = Bundle(
         net.eval(),
@@ -299,19 +301,32 @@ def train(
         preset,
         features,
     )
+    # After distributed training every process holds the same network: each runs its share of
+    # the images and the per-image results are gathered in image order, so the detector and the
+    # threshold are exactly what one process would compute.
     device = _torch_device(config.device)
     if not isinstance(bundle.detector, InputDetector):
-        parts, labels = [], []
-        for s, m in zip(samples, train_masks, strict=True):
-            _, logits, feats = bundle._forward(s.image, device)
-            parts.append(PixelOutputs.from_maps(logits, feats, torch.from_numpy(m > 0), net.head))
-            labels.append(torch.from_numpy(m[m > 0] - 1))
-        bundle.detector.fit(PixelOutputs.concat(parts), torch.cat(labels))
-    cal = [
-        bundle._score(s.image, device)[1][m > 0]
-        for s, m in zip(cal_samples, cal_masks, strict=True)
-    ]
-    bundle.threshold = calibrate_threshold(np.concatenate(cal), tpr)
+        width = k + net.feature_channels
+        local = {}
+        for i in my_images(len(samples)):
+            _, logits, feats = bundle._forward(samples[i].image, device)
+            mask = torch.from_numpy(train_masks[i] > 0)
+            local[i] = torch.cat(
+                [logits.flatten(1).T[mask.flatten()], feats.flatten(1).T[mask.flatten()]], 1
+            )
+        pixels = torch.cat(gather_by_image(local, len(samples), width, torch.float32))
+        labels = torch.cat([torch.from_numpy(m[m > 0] - 1) for m in train_masks])
+        w, b = net.head.weight.detach()[:, :, 0, 0].cpu(), net.head.bias.detach().cpu()
+        outputs = PixelOutputs(pixels[:, :k], pixels[:, k:], w, b)
+        bundle.detector.fit(outputs, labels)
+    local = {
+        i: torch.from_numpy(bundle._score(cal_samples[i].image, device)[1][cal_masks[i] > 0])[
+            :, None
+        ]
+        for i in my_images(len(cal_samples))
+    }
+    cal = gather_by_image(local, len(cal_samples), 1, torch.float32)
+    bundle.threshold = calibrate_threshold(torch.cat(cal).numpy().ravel(), tpr)
     bundle.info = {
         "train": asdict(train_config),
         "images": {

@@ -15,6 +15,7 @@ from oodseg.bundle import load_bundle, train
 from oodseg.crossval import DEFAULT_DETECTORS, CrossvalConfig, crossval
 from oodseg.crossval_frames import FramesConfig, crossval_frames
 from oodseg.datasets import FRAME_DATASETS
+from oodseg.distributed import rank_and_world
 from oodseg.io import check_nan_policy, read_image
 from oodseg.manifest import (
     ImageDataset,
@@ -294,6 +295,13 @@ def train_command(
         str, typer.Option(help="NaN / Inf in an image: error, or zero (set them to 0).")
     ] = "error",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    devices: Annotated[
+        int, typer.Option(help="Processes per node: GPUs, or CPU processes (gloo).")
+    ] = 1,
+    num_nodes: Annotated[int, typer.Option(help="Nodes (multi-node DDP).")] = 1,
+    strategy: Annotated[
+        str, typer.Option(help="Lightning strategy: auto, or ddp for several devices / nodes.")
+    ] = "auto",
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run from its last epoch's checkpoint.")
     ] = False,
@@ -310,7 +318,13 @@ def train_command(
             shutil.rmtree(checkpoints, ignore_errors=True)
         dataset = _dataset(data, images, masks, classes, ignore, nan_policy)
         config = TrainConfig(
-            epochs=epochs, patches_per_epoch=patches_per_epoch, seed=seed, device=device
+            epochs=epochs,
+            patches_per_epoch=patches_per_epoch,
+            seed=seed,
+            device=device,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
         )
         bundle = train(
             dataset,
@@ -324,6 +338,8 @@ def train_command(
             resume=resume,
             console=console,
         )
+        if rank_and_world()[0] != 0:
+            return  # another DDP process: the first one saves the bundle
         bundle.save(out, overwrite=True)
         shutil.rmtree(checkpoints, ignore_errors=True)
     except (ValueError, FileNotFoundError, FileExistsError) as e:

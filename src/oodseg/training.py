@@ -43,6 +43,9 @@ class TrainConfig:
     logitnorm_temperature: float = 0.04
     precision: str = "32"  # or "bf16-mixed": bf16 autocast (GPU), in training and inference
     channels_last: bool = False  # NHWC memory format, faster convolutions on recent GPUs
+    devices: int = 1  # processes per node (GPUs, or CPU processes with the gloo backend)
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning's: "ddp" for several devices or nodes
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -128,7 +131,15 @@ class SparseSegmentation(L.LightningModule):
         loss = segmentation_loss(
             logits, target, self.config.loss, self.config.logitnorm_temperature
         )
-        self.log("loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(image))
+        self.log(
+            "loss",
+            loss,
+            prog_bar=True,
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(image),
+            sync_dist=True,
+        )
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -183,7 +194,9 @@ def fit(
         trainer = L.Trainer(
             max_epochs=config.epochs,
             accelerator=config.device,
-            devices=1,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
             precision=config.precision,
             logger=False,
             callbacks=callbacks,
