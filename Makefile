@@ -21,7 +21,7 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } || true
 
 test: $(BIN)/oodseg browser
-	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff check src tests bench scripts examples
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/oodseg

@@ -16,11 +16,10 @@ Target: every detector except ODIN costs less than the forward pass.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 from oodseg.crossval import DEFAULT_DETECTORS
 from oodseg.datasets import BandNormaliser, load_indian_pines
@@ -28,16 +27,6 @@ from oodseg.detectors import InputDetector, PixelOutputs, make_detector
 from oodseg.model import build_network
 from oodseg.splits import make_split
 from oodseg.training import IGNORE, TrainConfig, fit
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations are not the detector's cost
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

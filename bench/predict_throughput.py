@@ -13,13 +13,12 @@ of the repeats after one warm-up, one table. Target: whole prediction >= 0.8 x t
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 from oodseg.bundle import Bundle
 from oodseg.datasets import BandNormaliser, load_indian_pines
@@ -27,16 +26,6 @@ from oodseg.detectors import make_detector
 from oodseg.io import read_image
 from oodseg.model import build_network
 from oodseg.report import write_prediction
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -27,6 +27,25 @@ from oodseg.training import TrainConfig
 CLASSES = ("Corn-notill", "Soybean-mintill", "Woods")
 FORMATS = ("hdr", "mat", "mat73", "npy", "npz", "tif", "h5")
 OTHER = 9  # mask value of the other Indian Pines classes in evaluation masks
+
+
+def train_command(data, out, *extra: str) -> list[str]:
+    """``oodseg train`` in a new process, quick settings."""
+    return [
+        sys.executable,
+        "-m",
+        "oodseg",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
 QUICK = TrainConfig(epochs=2, patches_per_epoch=8, batch_size=4, device="cpu")
 
 
@@ -414,23 +433,7 @@ def test_training_killed_mid_run_resumes_to_the_same_bundle(dataset, tmp_path):
     from safetensors.torch import load_file
 
     def command(out, *extra):
-        return [
-            sys.executable,
-            "-m",
-            "oodseg",
-            "train",
-            "--data",
-            str(dataset),
-            "--out",
-            str(out),
-            "--epochs",
-            "8",
-            "--patches-per-epoch",
-            "32",
-            "--device",
-            "cpu",
-            *extra,
-        ]
+        return train_command(dataset, out, "--epochs", "30", "--patches-per-epoch", "32", *extra)
 
     whole = tmp_path / "whole"
     subprocess.run(command(whole), check=True, capture_output=True)
@@ -460,28 +463,20 @@ def test_ddp_training_with_two_processes_reduces_the_detector_exactly(dataset, t
     what one process computes with the trained network, to float32 rounding (the processes run
     the network with fewer threads each, which reorders the convolutions' sums)."""
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "oodseg",
-        "train",
-        "--data",
-        str(dataset),
-        "--out",
-        str(out),
+    command = train_command(
+        dataset,
+        out,
         "--epochs",
         "2",
         "--patches-per-epoch",
         "16",
-        "--device",
-        "cpu",
         "--devices",
         "2",
         "--strategy",
         "ddp",
         "--detector",
         "mahalanobis",
-    ]
+    )
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     bundle = load_bundle(out)

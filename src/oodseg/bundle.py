@@ -9,8 +9,6 @@ unpickles anything.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from oodseg.crossval import _torch_device, _versions
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import DETECTORS, Detector, InputDetector, PixelOutputs, make_detector
 from oodseg.distributed import broadcast_module, gather_by_image, my_images
+from oodseg.io import write_folder
 from oodseg.manifest import ImageDataset, Sample, read_all
 from oodseg.model import PRESETS, Segmenter, build_network
 from oodseg.threshold import calibrate_threshold
@@ -134,42 +133,35 @@ class Bundle:
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; choose a new folder or pass --overwrite")
-        tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-            save_file(state, tmp / "model.safetensors")
-            tensors, numbers = self.detector.fitted_state()
-            save_file(
-                {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
-                tmp / "detector.safetensors",
-            )
-            meta = {
-                "format_version": FORMAT_VERSION,
-                "class_names": list(self.class_names),
-                "bands": self.bands,
-                "normalisation": {
-                    "mean": self.normaliser.mean.tolist(),
-                    "std": self.normaliser.std.tolist(),
-                },
-                "preset": self.preset,
-                "features": self.features,
-                "detector": {"name": self.detector.name, "params": self.detector.params()},
-                "detector_numbers": numbers,
-                "threshold": self.threshold,
-                "tpr": self.tpr,
-                "info": self.info,
-                "versions": _versions(),
-            }
-            (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        write_folder(path, self._write)
         return path
+
+    def _write(self, folder: Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        save_file(state, folder / "model.safetensors")
+        tensors, numbers = self.detector.fitted_state()
+        save_file(
+            {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()},
+            folder / "detector.safetensors",
+        )
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "class_names": list(self.class_names),
+            "bands": self.bands,
+            "normalisation": {
+                "mean": self.normaliser.mean.tolist(),
+                "std": self.normaliser.std.tolist(),
+            },
+            "preset": self.preset,
+            "features": self.features,
+            "detector": {"name": self.detector.name, "params": self.detector.params()},
+            "detector_numbers": numbers,
+            "threshold": self.threshold,
+            "tpr": self.tpr,
+            "info": self.info,
+            "versions": _versions(),
+        }
+        (folder / "bundle.json").write_text(json.dumps(meta, indent=2))
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +15,7 @@ from oodseg.crossval import DEFAULT_DETECTORS, CrossvalConfig, crossval
 from oodseg.crossval_frames import FramesConfig, crossval_frames
 from oodseg.datasets import FRAME_DATASETS
 from oodseg.distributed import rank_and_world
-from oodseg.io import check_nan_policy, read_image
+from oodseg.io import check_nan_policy, read_image, write_folder
 from oodseg.manifest import (
     ImageDataset,
     from_folders,
@@ -25,6 +24,30 @@ from oodseg.manifest import (
     with_nan_policy,
 )
 from oodseg.training import TrainConfig
+
+# Options shared by several commands, declared once.
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace a non-empty output folder.")]
+Tpr = Annotated[float, typer.Option(help="Target TPR of the threshold on calibration ID pixels.")]
+Preset = Annotated[
+    str,
+    typer.Option(help="Network preset: small (CPU) or reference (FlexibleUNet, EfficientNet-B4)."),
+]
+Features = Annotated[
+    str,
+    typer.Option(
+        help="Per-pixel features: last (decoder's last map) or hypercolumn (every decoder stage)."
+    ),
+]
+EncoderWeights = Annotated[
+    Path | None,
+    typer.Option(help="Local encoder weights for the reference preset (never downloaded)."),
+]
+Epochs = Annotated[int, typer.Option(help="Training epochs (per network).")]
+PatchesPerEpoch = Annotated[int, typer.Option(help="Training patches per epoch.")]
+NanPolicy = Annotated[
+    str, typer.Option(help="NaN / Inf in an image: error, or zero (set them to 0).")
+]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -87,25 +110,10 @@ def crossval_command(
         str | None,
         typer.Option(help="Comma-separated classes to hold out (names or numbers); default all."),
     ] = None,
-    tpr: Annotated[
-        float, typer.Option(help="Target TPR of the threshold on calibration ID pixels.")
-    ] = 0.95,
-    preset: Annotated[
-        str,
-        typer.Option(
-            help="Network preset: small (CPU) or reference (FlexibleUNet, EfficientNet-B4)."
-        ),
-    ] = "small",
-    features: Annotated[
-        str,
-        typer.Option(
-            help="Per-pixel features: last (decoder's last map) or hypercolumn (every decoder stage)."
-        ),
-    ] = "last",
-    encoder_weights: Annotated[
-        Path | None,
-        typer.Option(help="Local encoder weights for the reference preset (never downloaded)."),
-    ] = None,
+    tpr: Tpr = 0.95,
+    preset: Preset = "small",
+    features: Features = "last",
+    encoder_weights: EncoderWeights = None,
     annotation: Annotated[
         str, typer.Option(help="Simulated annotator: strokes or points.")
     ] = "strokes",
@@ -119,7 +127,7 @@ def crossval_command(
     margin: Annotated[
         int, typer.Option(help="scene split: pixels around strokes left out of the test pixels.")
     ] = 1,
-    epochs: Annotated[int, typer.Option(help="Training epochs per fold.")] = TrainConfig.epochs,
+    epochs: Epochs = TrainConfig.epochs,
     seed: Annotated[int, typer.Option(help="Seed of annotations, splits and training.")] = 0,
     loss: Annotated[
         str, typer.Option(help="Training loss: ce (cross-entropy) or logitnorm.")
@@ -127,10 +135,8 @@ def crossval_command(
     logitnorm_temperature: Annotated[
         float, typer.Option(help="Temperature of the LogitNorm loss.")
     ] = TrainConfig.logitnorm_temperature,
-    patches_per_epoch: Annotated[
-        int, typer.Option(help="Training patches per epoch.")
-    ] = TrainConfig.patches_per_epoch,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    patches_per_epoch: PatchesPerEpoch = TrainConfig.patches_per_epoch,
+    device: Device = "auto",
     precision: Annotated[
         str, typer.Option(help="32, or bf16-mixed (bf16 autocast, on a GPU).")
     ] = "32",
@@ -143,7 +149,7 @@ def crossval_command(
             help="Run only fold i (1-based; one job of a cluster array), merge with 'crossval merge'."
         ),
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Leave-one-class-out cross-validation: train without each class in turn, score it as OOD.
     On a frame data set (endoscapes), also background as OOD, with baselines."""
@@ -211,7 +217,7 @@ def crossval_command(
         results.update(result.results)
 
     try:
-        _write_folder(out, run)
+        write_folder(out, run)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
@@ -247,7 +253,7 @@ def _new_folder(out: Path, overwrite: bool) -> None:
 def merge_command(
     runs: Annotated[list[Path], typer.Argument(help="Output folders of fold jobs (--fold i).")],
     out: Annotated[Path, typer.Option(help="Folder for the merged results.")],
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Merge fold jobs of one configuration into one set of results and figures."""
     from oodseg.report import print_summary, write_merged
@@ -255,7 +261,7 @@ def merge_command(
     merged = {}
     try:
         _new_folder(out, overwrite)
-        _write_folder(out, lambda tmp: merged.update(write_merged(tmp, runs)))
+        write_folder(out, lambda tmp: merged.update(write_merged(tmp, runs)))
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
@@ -278,23 +284,15 @@ def train_command(
         int | None, typer.Option(help="Mask value that is neither a class nor unlabelled.")
     ] = None,
     detector: Annotated[str, typer.Option(help="OOD detector stored with the model.")] = "gen",
-    tpr: Annotated[float, typer.Option(help="Target TPR of the threshold.")] = 0.95,
-    preset: Annotated[str, typer.Option(help="Network preset: small or reference.")] = "small",
-    features: Annotated[
-        str, typer.Option(help="Per-pixel features: last or hypercolumn.")
-    ] = "last",
-    encoder_weights: Annotated[
-        Path | None, typer.Option(help="Local encoder weights (reference preset).")
-    ] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = TrainConfig.epochs,
-    patches_per_epoch: Annotated[
-        int, typer.Option(help="Training patches per epoch.")
-    ] = TrainConfig.patches_per_epoch,
+    tpr: Tpr = 0.95,
+    preset: Preset = "small",
+    features: Features = "last",
+    encoder_weights: EncoderWeights = None,
+    epochs: Epochs = TrainConfig.epochs,
+    patches_per_epoch: PatchesPerEpoch = TrainConfig.patches_per_epoch,
     seed: Annotated[int, typer.Option(help="Seed of training and calibration.")] = 0,
-    nan_policy: Annotated[
-        str, typer.Option(help="NaN / Inf in an image: error, or zero (set them to 0).")
-    ] = "error",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    nan_policy: NanPolicy = "error",
+    device: Device = "auto",
     devices: Annotated[
         int, typer.Option(help="Processes per node: GPUs, or CPU processes (gloo).")
     ] = 1,
@@ -305,7 +303,7 @@ def train_command(
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run from its last epoch's checkpoint.")
     ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train a model on images with sparse masks and save it as a bundle (safetensors + JSON).
     Checkpoints go to a hidden folder beside --out (.NAME.checkpoints) until the bundle is saved."""
@@ -360,7 +358,7 @@ def predict_command(
         str | None, typer.Option(help="Array name inside .mat / .npz / HDF5 files.")
     ] = None,
     score_format: Annotated[str, typer.Option(help="Score maps as tif or npy.")] = "tif",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """Predict K+1 label maps (0 = OOD, 1..K the classes), score maps and overlays."""
     from rich.progress import track
@@ -389,11 +387,9 @@ def evaluate_command(
     data: Annotated[
         Path, typer.Option(help="YAML manifest of labelled images (its 'ood' values: OOD truth).")
     ],
-    nan_policy: Annotated[
-        str, typer.Option(help="NaN / Inf in an image: error, or zero (set them to 0).")
-    ] = "error",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    nan_policy: NanPolicy = "error",
+    device: Device = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """Score a model on labelled images: ID = the classes' pixels, OOD = the manifest's ood values."""
     from oodseg.evaluate import evaluate
@@ -403,7 +399,7 @@ def evaluate_command(
         _new_folder(out, overwrite)
         dataset = with_nan_policy(load_manifest(data), check_nan_policy(nan_policy))
         evaluation = evaluate(load_bundle(model), dataset, device=device)
-        _write_folder(out, lambda tmp: write_evaluation(tmp, evaluation))
+        write_folder(out, lambda tmp: write_evaluation(tmp, evaluation))
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
@@ -425,17 +421,3 @@ def report_command(
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
     console.print(f"report written to {path}")
-
-
-def _write_folder(out: Path, write) -> None:
-    """Run ``write(tmp)`` into a sibling temporary folder that replaces ``out`` only when complete."""
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -8,6 +8,7 @@ and v7.3 (h5py), NumPy ``.npy`` / ``.npz``, multi-page or multi-channel TIFF (ti
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -203,4 +204,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_folder(out: str | Path, write: Callable[[Path], object]) -> None:
+    """Run ``write(tmp)`` into a sibling temporary folder that replaces ``out`` only when it
+    returns, so a crash never leaves a half-written folder."""
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
