@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from oodseg.annotate import simulate_annotations
-from oodseg.bundle import load_bundle, train
+from oodseg.bundle import Inference, load_bundle, train
 from oodseg.cli import app
 from oodseg.detectors import DETECTORS, InputDetector, PixelOutputs, make_detector
 from oodseg.io import read_image, read_mask
@@ -44,6 +44,18 @@ def train_command(data, out, *extra: str) -> list[str]:
         "cpu",
         *extra,
     ]
+
+
+def predict_in_new_process(model, image, tmp_path) -> tuple[np.ndarray, np.ndarray]:
+    """Load the bundle and predict the image in a fresh Python process."""
+    code = (
+        "import sys, numpy as np; from oodseg import load_bundle; from oodseg.io import read_image; "
+        "l, s = load_bundle(sys.argv[1]).predict(read_image(sys.argv[2])); "
+        "np.save(sys.argv[3], l); np.save(sys.argv[4], s)"
+    )
+    paths = [str(tmp_path / n) for n in ("labels.npy", "scores.npy")]
+    subprocess.run([sys.executable, "-c", code, str(model), str(image), *paths], check=True)
+    return np.load(paths[0]), np.load(paths[1])
 
 
 QUICK = TrainConfig(epochs=2, patches_per_epoch=8, batch_size=4, device="cpu")
@@ -166,17 +178,9 @@ def test_bundle_reloads_in_a_new_process_and_predicts_bit_identical_maps(
     assert labels.shape == scores.shape == cube.shape[:2]
     assert set(np.unique(labels)) <= {0, 1, 2, 3}
     np.save(tmp_path / "cube.npy", cube)
-    code = (
-        "import sys, numpy as np; from oodseg import load_bundle; "
-        "b = load_bundle(sys.argv[1]); l, s = b.predict(np.load(sys.argv[2])); "
-        "np.save(sys.argv[3], l); np.save(sys.argv[4], s)"
-    )
-    paths = [str(tmp_path / n) for n in ("l.npy", "s.npy")]
-    subprocess.run(
-        [sys.executable, "-c", code, str(out), str(tmp_path / "cube.npy"), *paths], check=True
-    )
-    np.testing.assert_array_equal(np.load(paths[0]), labels)
-    np.testing.assert_array_equal(np.load(paths[1]), scores)
+    again = predict_in_new_process(out, tmp_path / "cube.npy", tmp_path)
+    np.testing.assert_array_equal(again[0], labels)
+    np.testing.assert_array_equal(again[1], scores)
     meta = json.loads((out / "bundle.json").read_text())
     assert meta["class_names"] == list(CLASSES) and meta["bands"] == 200
     assert meta["detector"]["name"] == "mahalanobis" and meta["tpr"] == 0.95
@@ -485,7 +489,7 @@ def test_ddp_training_with_two_processes_reduces_the_detector_exactly(dataset, t
     assert len(train_samples) == 2  # one per process
     parts, labels = [], []
     for s in train_samples:
-        _, logits, feats = bundle._forward(s.image, torch.device("cpu"))
+        _, logits, feats = bundle._forward(s.image, Inference("cpu"))
         parts.append(
             PixelOutputs.from_maps(logits, feats, torch.from_numpy(s.mask > 0), bundle.net.head)
         )
@@ -498,3 +502,57 @@ def test_ddp_training_with_two_processes_reduces_the_detector_exactly(dataset, t
 
     expected = calibrate_threshold(scores[val_samples[0].mask > 0], 0.95)
     assert bundle.threshold == pytest.approx(expected, rel=1e-5)
+
+
+def test_bf16_and_channels_last_prediction_agree_with_float32(bundle_dir, crops):
+    bundle, _ = bundle_dir
+    labels, scores = bundle.predict(crops[1][0])
+    fast_labels, fast_scores = bundle.predict(
+        crops[1][0], precision="bf16-mixed", channels_last=True
+    )
+    assert fast_scores.dtype == np.float32
+    assert (fast_labels == labels).mean() > 0.9
+    assert np.corrcoef(fast_scores.ravel(), scores.ravel())[0, 1] > 0.99
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        bundle.predict(crops[1][0], precision="fp8")
+
+
+def test_two_endoscapes_frames_train_save_reload_and_predict_bit_identical(shared_data, tmp_path):
+    """RGB frames read from the shared data (never copied into the project): JPEG images, PNG
+    sparse masks (strokes from the dense masks; background = unlabelled), matched by stem."""
+    root = shared_data / "endoscapes_seg50"
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent: Endoscapes-Seg50 is not beside this checkout")
+    names = ["100_27925", "100_28675"]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    dense = [np.asarray(Image.open(root / "semseg" / f"{n}.png")) for n in names]
+    present = sorted(set(np.unique(dense[0])) & set(np.unique(dense[1])) - {0, 255})
+    for n, mask in zip(names, dense, strict=True):
+        (tmp_path / "images" / f"{n}.jpg").write_bytes(
+            (root / "train_seg" / f"{n}.jpg").read_bytes()
+        )
+        classes = np.zeros_like(mask)
+        for k, c in enumerate(present, start=1):
+            classes[mask == c] = k
+        strokes = simulate_annotations(classes.astype(np.int64), budget=0.02, stroke_length=40)
+        Image.fromarray(strokes.labels.astype(np.uint8)).save(tmp_path / "masks" / f"{n}.png")
+    label_map = dict(
+        line.rsplit(" ", 1)[::-1]
+        for line in (root / "seg_label_map.txt").read_text().split("\n")
+        if line
+    )
+    data = from_folders(
+        tmp_path / "images", tmp_path / "masks", tuple(label_map[str(c)] for c in present)
+    )
+    torch.manual_seed(0)
+    bundle = train(
+        data, config=TrainConfig(epochs=1, patches_per_epoch=8, batch_size=4, device="cpu")
+    )
+    bundle.save(tmp_path / "model")
+    frame = tmp_path / "images" / f"{names[0]}.jpg"
+    labels, scores = bundle.predict(read_image(frame))
+    assert labels.shape == (480, 854) and bundle.bands == 3
+    again = predict_in_new_process(tmp_path / "model", frame, tmp_path)
+    np.testing.assert_array_equal(again[0], labels)
+    np.testing.assert_array_equal(again[1], scores)

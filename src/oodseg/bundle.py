@@ -27,10 +27,30 @@ from oodseg.io import write_folder
 from oodseg.manifest import ImageDataset, Sample, read_all
 from oodseg.model import PRESETS, Segmenter, build_network
 from oodseg.threshold import calibrate_threshold
-from oodseg.training import IGNORE, TrainConfig, fit
+from oodseg.training import IGNORE, PRECISIONS, TrainConfig, fit
 
 FORMAT_VERSION = 1
 OOD_LABEL = 0  # in predicted label maps: 0 = OOD / unknown, 1..K = the classes
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How a bundle runs: device, window side (``tile``), bf16 autocast, channels-last memory."""
+
+    device: str = "cpu"
+    tile: int = 1024
+    precision: str = "32"  # or "bf16-mixed"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}"
+            )
+
+    @property
+    def torch_device(self) -> torch.device:
+        return _torch_device(self.device)
 
 
 @dataclass
@@ -52,13 +72,22 @@ class Bundle:
         return len(self.normaliser.mean)
 
     def predict(
-        self, image: np.ndarray, *, device: str = "cpu", tile: int = 1024, source: str = "image"
+        self,
+        image: np.ndarray,
+        *,
+        device: str = "cpu",
+        tile: int = 1024,
+        precision: str = "32",
+        channels_last: bool = False,
+        source: str = "image",
     ) -> tuple[np.ndarray, np.ndarray]:
         """K+1 labels (H, W) (0 = OOD, 1..K the classes) and ID-ness scores (H, W) float32 of an
         (H, W, bands) image. The image is read in strips of ``tile`` rows (plus a margin of
         ``tile // 16`` on each side, dropped afterwards), so a memory-mapped cube larger than
         memory works; each strip goes through MONAI's sliding window in windows as tall as the
-        strip and at most ``tile`` wide (overlapping by a quarter only where the strip is wider)."""
+        strip and at most ``tile`` wide (overlapping by a quarter only where the strip is wider).
+        ``precision="bf16-mixed"`` and ``channels_last`` are for GPUs."""
+        run = Inference(device, tile, precision, channels_last)
         if image.ndim != 3 or image.shape[-1] != self.bands:
             raise ValueError(
                 f"{source}: expected (H, W, {self.bands}) for this model, got shape {image.shape}"
@@ -67,24 +96,28 @@ class Bundle:
         labels = np.zeros((h, w), np.uint8 if len(self.class_names) < 256 else np.uint16)
         scores = np.zeros((h, w), np.float32)
         margin = tile // 16
-        dev = _torch_device(device)
         for y0 in range(0, h, tile):
             a, b = max(0, y0 - margin), min(h, y0 + tile + margin)
-            logits, score = self._score(image[a:b], dev, tile, source=source, first_row=a)
+            logits, score = self._score(image[a:b], run, source=source, first_row=a)
             keep = slice(y0 - a, y0 - a + min(tile, h - y0))
             pred = np.where(score >= self.threshold, logits.argmax(0) + 1, OOD_LABEL)
             labels[y0 : y0 + tile] = pred[keep]
             scores[y0 : y0 + tile] = score[keep]
         return labels, scores
 
-    def _window(self, x: torch.Tensor, predictor, tile: int):
-        """MONAI's sliding window over a strip: windows as tall as the strip, at most ``tile``
-        wide, sides rounded up to the network's divisor."""
+    def _window(self, x: torch.Tensor, predictor, run: Inference):
+        """MONAI's sliding window over a strip: windows as tall as the strip, at most
+        ``run.tile`` wide, sides rounded up to the network's divisor."""
         d = PRESETS[self.preset].divisor
         h, w = x.shape[-2:]
-        roi = (-(-h // d) * d, -(-min(w, tile) // d) * d)
-        with torch.no_grad():
-            return sliding_window_inference(x, roi, 1, predictor, overlap=0.25, mode="gaussian")
+        roi = (-(-h // d) * d, -(-min(w, run.tile) // d) * d)
+        fmt = torch.channels_last if run.channels_last else torch.contiguous_format
+        self.net.to(device=x.device, memory_format=fmt).eval()
+        bf16 = run.precision == "bf16-mixed"
+        with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+            return sliding_window_inference(
+                x.contiguous(memory_format=fmt), roi, 1, predictor, overlap=0.25, mode="gaussian"
+            )
 
     def _input(
         self, image: np.ndarray, device: torch.device, source: str = "image", first_row: int = 0
@@ -105,23 +138,19 @@ class Bundle:
             x[:, r] = ((row - mean) / std).T
         return x[None].to(device)
 
-    def _forward(
-        self, image: np.ndarray, device: torch.device, tile: int = 1024, **where
-    ) -> tuple[torch.Tensor, ...]:
+    def _forward(self, image: np.ndarray, run: Inference, **where) -> tuple[torch.Tensor, ...]:
         """The normalised input, logits (K, H, W) and features (F, H, W) of a raw image."""
-        x = self._input(image, device, **where)
-        logits, features = self._window(x, self.net.to(device).eval(), tile)
+        x = self._input(image, run.torch_device, **where)
+        logits, features = self._window(x, self.net, run)
         return x, logits[0].float().cpu(), features[0].float().cpu()
 
-    def _score(
-        self, image: np.ndarray, device: torch.device, tile: int = 1024, **where
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _score(self, image: np.ndarray, run: Inference, **where) -> tuple[np.ndarray, np.ndarray]:
         """Logits (K, H, W) and the detector's score map (H, W) of a raw image; ``where``
         (source, first_row) names the place of a bad value in errors."""
-        x, logits, features = self._forward(image, device, tile, **where)
+        x, logits, features = self._forward(image, run, **where)
         if isinstance(self.detector, InputDetector):
             score = self._window(
-                x, lambda t: self.detector.score_image(self.net, t)[:, None].float(), tile
+                x, lambda t: self.detector.score_image(self.net, t)[:, None].float(), run
             )[0, 0]
         else:
             outputs = PixelOutputs.from_maps(logits, features, head=self.net.head)
@@ -296,12 +325,12 @@ def train(
     # After distributed training every process holds the same network: each runs its share of
     # the images and the per-image results are gathered in image order, so the detector and the
     # threshold are exactly what one process would compute.
-    device = _torch_device(config.device)
+    run = Inference(config.device, precision=config.precision, channels_last=config.channels_last)
     if not isinstance(bundle.detector, InputDetector):
         width = k + net.feature_channels
         local = {}
         for i in my_images(len(samples)):
-            _, logits, feats = bundle._forward(samples[i].image, device)
+            _, logits, feats = bundle._forward(samples[i].image, run)
             mask = torch.from_numpy(train_masks[i] > 0)
             local[i] = torch.cat(
                 [logits.flatten(1).T[mask.flatten()], feats.flatten(1).T[mask.flatten()]], 1
@@ -312,9 +341,7 @@ def train(
         outputs = PixelOutputs(pixels[:, :k], pixels[:, k:], w, b)
         bundle.detector.fit(outputs, labels)
     local = {
-        i: torch.from_numpy(bundle._score(cal_samples[i].image, device)[1][cal_masks[i] > 0])[
-            :, None
-        ]
+        i: torch.from_numpy(bundle._score(cal_samples[i].image, run)[1][cal_masks[i] > 0])[:, None]
         for i in my_images(len(cal_samples))
     }
     cal = gather_by_image(local, len(cal_samples), 1, torch.float32)

@@ -45,6 +45,10 @@ EncoderWeights = Annotated[
 ]
 Epochs = Annotated[int, typer.Option(help="Training epochs (per network).")]
 PatchesPerEpoch = Annotated[int, typer.Option(help="Training patches per epoch.")]
+Precision = Annotated[str, typer.Option(help="32, or bf16-mixed (bf16 autocast, on a GPU).")]
+ChannelsLast = Annotated[
+    bool, typer.Option(help="Channels-last memory format (faster convolutions on GPUs).")
+]
 NanPolicy = Annotated[
     str, typer.Option(help="NaN / Inf in an image: error, or zero (set them to 0).")
 ]
@@ -137,12 +141,8 @@ def crossval_command(
     ] = TrainConfig.logitnorm_temperature,
     patches_per_epoch: PatchesPerEpoch = TrainConfig.patches_per_epoch,
     device: Device = "auto",
-    precision: Annotated[
-        str, typer.Option(help="32, or bf16-mixed (bf16 autocast, on a GPU).")
-    ] = "32",
-    channels_last: Annotated[
-        bool, typer.Option(help="Channels-last memory format (faster convolutions on GPUs).")
-    ] = False,
+    precision: Precision = "32",
+    channels_last: ChannelsLast = False,
     fold: Annotated[
         int | None,
         typer.Option(
@@ -359,6 +359,8 @@ def predict_command(
     ] = None,
     score_format: Annotated[str, typer.Option(help="Score maps as tif or npy.")] = "tif",
     device: Device = "auto",
+    precision: Precision = "32",
+    channels_last: ChannelsLast = False,
 ) -> None:
     """Predict K+1 label maps (0 = OOD, 1..K the classes), score maps and overlays."""
     from rich.progress import track
@@ -372,7 +374,13 @@ def predict_command(
         files = [input] if input.is_file() else image_files(input)
         for path in track(files, description="predicting", console=console):
             image = read_image(path, variable)
-            labels, scores = bundle.predict(image, device=device, source=str(path))
+            labels, scores = bundle.predict(
+                image,
+                device=device,
+                precision=precision,
+                channels_last=channels_last,
+                source=str(path),
+            )
             write_prediction(out, path, image, labels, scores, bundle, score_format)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
