@@ -140,19 +140,30 @@ def _hdf5(path: Path, variable: str | None) -> np.ndarray:
         if variable is not None:
             if variable not in arrays:
                 raise ValueError(f"{path}: no dataset {variable!r}; it holds {', '.join(arrays)}")
-            return arrays[variable][()]
-        images = {k: d for k, d in arrays.items() if d.ndim in (2, 3) and d.dtype.kind in "biuf"}
-        if not images:
-            raise ValueError(f"{path}: no 2-D or 3-D numeric dataset in it")
-        return max(images.values(), key=lambda d: d.size)[()]
+            dataset = arrays[variable]
+        else:
+            images = {
+                k: d for k, d in arrays.items() if d.ndim in (2, 3) and d.dtype.kind in "biuf"
+            }
+            if not images:
+                raise ValueError(f"{path}: no 2-D or 3-D numeric dataset in it")
+            dataset = max(images.values(), key=lambda d: d.size)
+        # An uncompressed, unchunked dataset is memory-mapped (a large cube is not read whole).
+        offset = dataset.id.get_offset()
+        if dataset.chunks is None and offset is not None:
+            return np.memmap(path, dataset.dtype, "r", offset, dataset.shape)
+        return dataset[()]
 
 
 def _tiff(path: Path, _: str | None) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        array = tif.asarray()
         pages = len(tif.pages)
+        try:  # uncompressed, contiguous TIFFs are memory-mapped
+            array = tifffile.memmap(path, mode="r")
+        except ValueError:
+            array = tif.asarray()
     # Several pages are bands: (C, H, W) -> (H, W, C); one page keeps its own (H, W[, C]) layout.
     return np.moveaxis(array, 0, -1) if pages > 1 and array.ndim == 3 else array
 

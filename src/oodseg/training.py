@@ -7,6 +7,7 @@ so that every batch carries a loss however sparse the strokes are.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -210,6 +211,18 @@ def fit(
         # Our own checkpoint, written by this function: Lightning's loader unpickles its loop state.
         trainer.fit(module, loader, ckpt_path=last if resume and last.is_file() else None)
     return net.eval()
+
+
+class _AtomicCheckpoint(ModelCheckpoint):
+    """A checkpoint written beside its place and renamed into it, so that a process killed while
+    saving leaves the previous checkpoint whole (Lightning writes the file in place)."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        partial = f"{filepath}.partial"
+        super()._save_checkpoint(trainer, partial)
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        self._last_checkpoint_saved = filepath
 
 
 @contextmanager
