@@ -86,13 +86,15 @@ def write_image(path_stem, cube: np.ndarray, fmt: str):
 
 @pytest.fixture(scope="module")
 def crops(indian_pines):
-    """Three 48 x 48 crops of the real scene with labels of CLASSES only (1..3), and strokes."""
+    """Nine 48 x 48 crops of the real scene: the image, its dense labels (CLASSES as 1..3, every
+    other class as OTHER) and strokes over CLASSES. Crop 2 is the validation image."""
     labels = np.zeros_like(indian_pines.labels)
     for k, name in enumerate(CLASSES, start=1):
         labels[indian_pines.labels == indian_pines.class_id(name)] = k
     labels[(indian_pines.labels > 0) & (labels == 0)] = OTHER  # every other class: OOD truth
     out = []
-    for i, (y, x) in enumerate([(10, 70), (60, 90), (95, 40)]):
+    corners = [(10, 70), (60, 90), (95, 40), (0, 0), (0, 97), (50, 0), (97, 97), (40, 40), (97, 0)]
+    for i, (y, x) in enumerate(corners):
         cube = indian_pines.cube[y : y + 48, x : x + 48].astype(np.float32)
         dense = labels[y : y + 48, x : x + 48]
         strokes = simulate_annotations(
@@ -143,12 +145,13 @@ def test_every_detector_restores_from_its_stored_state(name):
 
 @pytest.fixture(scope="module")
 def dataset(crops, tmp_path_factory):
-    """A manifest whose training images use every hyperspectral format (they must agree on the
-    band count), with sparse PNG masks; the third crop is a validation image."""
+    """A manifest whose eight training images use every hyperspectral format (they must agree on
+    the band count), with sparse PNG masks; crop 2 is the validation image."""
     root = tmp_path_factory.mktemp("data")
     entries = []
+    train_formats = iter(FORMATS * 2)
     for i, (cube, _, strokes) in enumerate(crops):
-        fmt = FORMATS[i % len(FORMATS)] if i < 2 else "tif"
+        fmt = next(train_formats) if i != 2 else "tif"
         image = write_image(root / f"scan{i}", cube, fmt)
         Image.fromarray(strokes.astype(np.uint8)).save(root / f"scan{i}_mask.png")
         entry = {"image": image.name, "mask": f"scan{i}_mask.png"}
@@ -246,9 +249,9 @@ def test_folders_matched_by_stem(crops, tmp_path):
         Image.fromarray(strokes.astype(np.uint8)).save(tmp_path / "msk" / f"s{i}.png")
     data = from_folders(tmp_path / "img", tmp_path / "msk", CLASSES)
     samples = read_all(data)
-    assert [s.name for s in samples] == ["s0", "s1", "s2"]
+    assert [s.name for s in samples] == [f"s{i}" for i in range(len(crops))]
     np.testing.assert_array_equal(samples[1].mask, crops[1][2])
-    (tmp_path / "msk" / "s2.png").unlink()
+    (tmp_path / "msk" / "s2.png").unlink()  # an image without its mask
     with pytest.raises(FileNotFoundError, match="no mask for s2.npy"):
         from_folders(tmp_path / "img", tmp_path / "msk", CLASSES)
 
@@ -378,7 +381,7 @@ def test_evaluation_matches_scikit_learn_on_the_same_predictions(bundle_dir, cro
     assert pooled["n_id"] == truth.sum() and pooled["n_ood"] == (~truth).sum() > 100
     assert pooled["auroc"] == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
     assert pooled["id_kept"] == pytest.approx((scores[truth] >= bundle.threshold).mean())
-    assert len(result["per_image"]) == 3
+    assert len(result["per_image"]) == len(crops)
 
 
 def test_cli_evaluate_then_html_report_in_a_headless_browser(bundle_dir, evaluation_set, tmp_path):
@@ -486,7 +489,7 @@ def test_ddp_training_with_two_processes_reduces_the_detector_exactly(dataset, t
     bundle = load_bundle(out)
     data = load_manifest(dataset)
     train_samples, val_samples = read_all(data, "train"), read_all(data, "val")
-    assert len(train_samples) == 2  # one per process
+    assert len(train_samples) == 8  # four per process
     parts, labels = [], []
     for s in train_samples:
         _, logits, feats = bundle._forward(s.image, Inference("cpu"))

@@ -19,7 +19,7 @@ from rich.console import Console
 from safetensors.torch import load_file, save_file
 from scipy import ndimage
 
-from oodseg.crossval import _torch_device, _versions
+from oodseg.crossval import package_versions, torch_device
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import DETECTORS, Detector, InputDetector, PixelOutputs, make_detector
 from oodseg.distributed import broadcast_module, gather_by_image, my_images
@@ -50,7 +50,7 @@ class Inference:
 
     @property
     def torch_device(self) -> torch.device:
-        return _torch_device(self.device)
+        return torch_device(self.device)
 
 
 @dataclass
@@ -188,7 +188,7 @@ class Bundle:
             "threshold": self.threshold,
             "tpr": self.tpr,
             "info": self.info,
-            "versions": _versions(),
+            "versions": package_versions(),
         }
         (folder / "bundle.json").write_text(json.dumps(meta, indent=2))
 

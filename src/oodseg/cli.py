@@ -215,6 +215,7 @@ def crossval_command(
             result = crossval(config, checkpoint_root=tmp / "checkpoints", console=console)
             write_report(tmp, result)
         results.update(result.results)
+        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # only needed while running
 
     try:
         write_folder(out, run)

@@ -154,7 +154,7 @@ def crossval(
     image = BandNormaliser.fit(scene.cube, split.train_region)(scene.cube)
     trained = set(np.unique(split.train.labels[split.train.mask]).tolist())
     tested = set(np.unique(scene.labels[split.test]).tolist())
-    device = _torch_device(config.train.device)
+    device = torch_device(config.train.device)
     train_config = TrainConfig(**{**asdict(config.train), "patch": PRESETS[config.preset].patch})
 
     rows, folds, skipped = [], [], []
@@ -200,7 +200,7 @@ def crossval(
             "test": int(split.test.sum()),
         },
         "config": _config_dict(config, train_config),
-        "versions": _versions(),
+        "versions": package_versions(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}",
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -328,7 +328,8 @@ def summarise(
     return summary
 
 
-def _torch_device(name: str) -> torch.device:
+def torch_device(name: str) -> torch.device:
+    """The device a ``--device`` value names; ``auto`` (and ``gpu``) take CUDA when there is one."""
     if name in ("auto", "gpu", "cuda"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -342,7 +343,8 @@ def _config_dict(config: CrossvalConfig, train_config: TrainConfig) -> dict:
     return d
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """The versions a result or a bundle records."""
     import lightning
     import monai
 

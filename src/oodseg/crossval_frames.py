@@ -29,10 +29,10 @@ from oodseg.annotate import Annotations, simulate_annotations
 from oodseg.crossval import (
     DEFAULT_DETECTORS,
     FoldFigures,
-    _torch_device,
-    _versions,
+    package_versions,
     score_map_of,
     summarise,
+    torch_device,
 )
 from oodseg.datasets import IGNORE_LABEL, BandNormaliser, FrameSet, load_endoscapes
 from oodseg.detectors import DETECTORS, Detector, InputDetector, PixelOutputs, make_detector
@@ -137,7 +137,7 @@ def crossval_frames(
         raise FileNotFoundError(f"{config.encoder_weights}: encoder weights file not found")
     data = load_endoscapes(config.data_root, scale=config.scale, max_frames=config.max_frames)
     prep = _prepare(data, config)
-    device = _torch_device(config.train.device)
+    device = torch_device(config.train.device)
     divisor = PRESETS[config.preset].divisor
     side = min(config.patch, min(data.resolution) // divisor * divisor)
     train_config = TrainConfig(**{**asdict(config.train), "patch": side})
@@ -178,7 +178,7 @@ def crossval_frames(
         "protocols": protocols,
         "baselines": baselines,
         "config": {**asdict(config), "train": asdict(train_config)},
-        "versions": _versions(),
+        "versions": package_versions(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}",
         "seconds": round(time.perf_counter() - start, 1),
     }
