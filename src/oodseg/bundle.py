@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from rich.console import Console
 from safetensors.torch import load_file, save_file
 from scipy import ndimage
 
@@ -262,14 +261,12 @@ def train(
     calibration_share: float = 0.25,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
-    console: Console | None = None,
 ) -> Bundle:
     """Train a bundle on a data set's training images (sparse masks). The threshold keeps ``tpr``
     of the calibration annotations: the ``val`` images' if the data set has some, else a seeded
     ``calibration_share`` of each class's strokes (connected components), held out of training.
     With ``checkpoint_dir``, training checkpoints every epoch and ``resume`` continues from there."""
     config = config or TrainConfig()
-    console = console or Console()
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; choose from: {', '.join(DETECTORS)}")
     samples = read_all(data, "train")

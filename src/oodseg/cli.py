@@ -335,7 +335,6 @@ def train_command(
             encoder_weights=encoder_weights,
             checkpoint_dir=checkpoints,
             resume=resume,
-            console=console,
         )
         if rank_and_world()[0] != 0:
             return  # another DDP process: the first one saves the bundle
