@@ -19,6 +19,7 @@ from oodseg.crossval_frames import FramePanel
 from oodseg.datasets import IGNORE_LABEL
 from oodseg.manifest import ImageDataset, read_sample
 from oodseg.metrics import Curve, metrics_from_counts, segmentation_metrics, tie_groups
+from oodseg.report import overlay_rgb
 
 PANELS = 4
 
@@ -94,8 +95,6 @@ def evaluate(bundle: Bundle, data: ImageDataset, *, device: str = "cpu") -> Eval
 
 def _panel(name, image, mask, labels, scores, bundle: Bundle, k: int) -> FramePanel:
     """A panel in the frame panels' conventions: OOD truth as 0 (dotted), unlabelled as ignore."""
-    from oodseg.report import overlay_rgb
-
     shown = np.where(mask == k + 1, 0, np.where(mask == 0, IGNORE_LABEL, mask)).astype(np.int64)
     return FramePanel(
         name, overlay_rgb(image), shown, labels.astype(np.int64), scores, bundle.threshold

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -17,12 +18,14 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from oodseg.bundle import Bundle  # noqa: E402
 from oodseg.crossval import METRICS, CrossvalResult, FoldFigures  # noqa: E402
 from oodseg.crossval_frames import FramePanel, FramesResult  # noqa: E402
 from oodseg.datasets import IGNORE_LABEL  # noqa: E402
-from oodseg.evaluate import Evaluation  # noqa: E402
 from oodseg.io import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:  # annotations only: evaluate draws with this module's helpers
+    from oodseg.bundle import Bundle
+    from oodseg.evaluate import Evaluation
 
 LABELS = {
     "auroc": "AUROC",
