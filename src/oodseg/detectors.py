@@ -203,7 +203,9 @@ class GEN(LogitDetector):
         self.gamma, self.top_m = gamma, top_m
 
     def score_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        p = logits.softmax(dim=1).topk(min(self.top_m, logits.shape[1]), dim=1).values
+        p = logits.softmax(dim=1)
+        if self.top_m < logits.shape[1]:  # with M >= K every probability counts: no sort needed
+            p = p.topk(self.top_m, dim=1).values
         return -(p**self.gamma * (1 - p) ** self.gamma).sum(dim=1)
 
 
