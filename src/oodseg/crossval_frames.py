@@ -34,7 +34,7 @@ from oodseg.crossval import (
     summarise,
     torch_device,
 )
-from oodseg.datasets import IGNORE_LABEL, BandNormaliser, FrameSet, load_endoscapes
+from oodseg.datasets import IGNORE_LABEL, BandNormaliser, FrameSet, class_id, load_endoscapes
 from oodseg.detectors import DETECTORS, Detector, InputDetector, PixelOutputs, make_detector
 from oodseg.metrics import Curve, metrics_from_counts, segmentation_metrics, tie_groups
 from oodseg.model import FEATURES, PRESETS, build_network
@@ -149,7 +149,11 @@ def crossval_frames(
         if protocol == "background":
             plan = [("background", all_ids, 0)]
         else:
-            held = [_class_id(names, c) for c in config.classes] if config.classes else all_ids
+            held = (
+                [class_id(names, c, data.name) for c in config.classes]
+                if config.classes
+                else all_ids
+            )
             plan = [(names[h - 1], [c for c in all_ids if c != h], h) for h in held]
         rows, protocol_folds = [], []
         for i, (fold_name, known, ood_label) in enumerate(plan):
@@ -183,18 +187,6 @@ def crossval_frames(
         "seconds": round(time.perf_counter() - start, 1),
     }
     return FramesResult(results, folds, panels, names)
-
-
-def _class_id(names: tuple[str, ...], name_or_id: str) -> int:
-    lowered = [n.lower() for n in names]
-    if name_or_id.isdigit() and 1 <= int(name_or_id) <= len(names):
-        return int(name_or_id)
-    if name_or_id.lower() in lowered:
-        return lowered.index(name_or_id.lower()) + 1
-    raise ValueError(
-        f"no class {name_or_id!r}; the classes are "
-        + ", ".join(f"{i + 1} {n}" for i, n in enumerate(names))
-    )
 
 
 def _prepare(data: FrameSet, config: FramesConfig) -> _Prepared:

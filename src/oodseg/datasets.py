@@ -31,15 +31,20 @@ class Scene:
 
     def class_id(self, name_or_id: str) -> int:
         """The label of a class given by name (case-insensitive) or by number."""
-        if name_or_id.isdigit() and 1 <= int(name_or_id) <= self.num_classes:
-            return int(name_or_id)
-        lowered = [n.lower() for n in self.class_names]
-        if name_or_id.lower() in lowered:
-            return lowered.index(name_or_id.lower()) + 1
-        raise ValueError(
-            f"{self.name} has no class {name_or_id!r}; its classes are "
-            + ", ".join(f"{i + 1} {n}" for i, n in enumerate(self.class_names))
-        )
+        return class_id(self.class_names, name_or_id, self.name)
+
+
+def class_id(class_names: tuple[str, ...], name_or_id: str, source: str) -> int:
+    """The label (1..K) of a class of ``class_names`` given by name (case-insensitive) or number."""
+    if name_or_id.isdigit() and 1 <= int(name_or_id) <= len(class_names):
+        return int(name_or_id)
+    lowered = [n.lower() for n in class_names]
+    if name_or_id.lower() in lowered:
+        return lowered.index(name_or_id.lower()) + 1
+    raise ValueError(
+        f"{source} has no class {name_or_id!r}; its classes are "
+        + ", ".join(f"{i + 1} {n}" for i, n in enumerate(class_names))
+    )
 
 
 INDIAN_PINES_CLASSES = (
