@@ -203,7 +203,9 @@ def load_bundle(path: str | Path) -> Bundle:
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_path}: corrupt bundle description: {e}") from None
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int):
+        raise ValueError(f"{meta_path}: not a model bundle description (no format_version)")
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"{meta_path}: bundle format {version} is newer than this oodseg reads "
             f"({FORMAT_VERSION}); upgrade oodseg"
@@ -272,9 +274,7 @@ def train(
     samples = read_all(data, "train")
     bands = samples[0].image.shape[-1]
     if data.split("val"):
-        val = read_all(data, "val")
-        if any(s.image.shape[-1] != bands for s in val):
-            raise ValueError("validation images have another band count than the training images")
+        val = read_all(data, "val", bands)
         train_masks, cal_masks = [s.mask for s in samples], [s.mask for s in val]
         cal_samples = val
     else:

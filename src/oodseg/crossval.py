@@ -261,32 +261,20 @@ def _run_fold(
         seconds = time.perf_counter() - start
         threshold = calibrate_threshold(score_map[calibration], config.tpr)
         prediction = open_set_labels(logits_np, score_map, threshold)
-        seg = segmentation_metrics(truth[scored], prediction[scored], k + 1)
-        groups = tie_groups(score_map[id_test], score_map[ood_test])
-        row = {
-            "held_out": scene.class_names[held_out - 1],
-            "detector": name,
-            **metrics_from_counts(*groups),
-            "threshold": threshold,
-            "id_accuracy": float((prediction[id_test] == truth[id_test]).mean()),
-            "closed_set_accuracy": float((closed_set[id_test] == truth[id_test]).mean()),
-            "ood_recall": float((score_map[ood_test] < threshold).mean()),
-            "miou_k_plus_1": seg["miou"],
-            "mdice_k_plus_1": seg["mdice"],
-            "calibration_tpr": float((score_map[calibration] >= threshold).mean()),
-            "test_tpr": float((score_map[id_test] >= threshold).mean()),
-            "detector_seconds": seconds,
-            "n_id": int(id_test.sum()),
-            "n_ood": int(ood_test.sum()),
-            "iou_k_plus_1": {
-                cls: (None if np.isnan(v) else float(v))
-                for cls, v in zip(
-                    [scene.class_names[c - 1] for c in known] + ["OOD"], seg["iou"], strict=True
-                )
-            },
-        }
+        row, curve = fold_row(
+            scene.class_names[held_out - 1],
+            name,
+            score_map[id_test],
+            score_map[ood_test],
+            threshold,
+            truth[scored],
+            prediction[scored],
+            closed_set[scored],
+            [scene.class_names[c - 1] for c in known],
+            seconds,
+        )
+        row["calibration_tpr"] = float((score_map[calibration] >= threshold).mean())
         rows.append(row)
-        curve = Curve.from_counts(*groups)
         figures[name] = FoldFigures(
             threshold,
             score_map[id_test],
@@ -296,6 +284,48 @@ def _run_fold(
             prediction=prediction,
         )
     return rows, figures
+
+
+def fold_row(
+    held_out: str,
+    detector: str,
+    id_scores: np.ndarray,
+    ood_scores: np.ndarray,
+    threshold: float,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    closed_set: np.ndarray,
+    known_names: list[str],
+    seconds: float,
+) -> tuple[dict, Curve]:
+    """One fold's results for one detector, and its ROC curve. ``truth``, ``prediction`` (K+1
+    map) and ``closed_set`` (arg-max) are over the scored pixels, with K = OOD."""
+    k = len(known_names)
+    groups = tie_groups(id_scores, ood_scores)
+    seg = segmentation_metrics(truth, prediction, k + 1)
+    is_id = truth < k
+    row = {
+        "held_out": held_out,
+        "detector": detector,
+        **metrics_from_counts(*groups),
+        "threshold": threshold,
+        "id_accuracy": float((prediction[is_id] == truth[is_id]).mean()),
+        "closed_set_accuracy": float((closed_set[is_id] == truth[is_id]).mean()),
+        "ood_recall": float((ood_scores < threshold).mean()),
+        "miou_k_plus_1": seg["miou"],
+        "mdice_k_plus_1": seg["mdice"],
+        "test_tpr": float((id_scores >= threshold).mean()),
+        "detector_seconds": seconds,
+        "n_id": len(id_scores),
+        "n_ood": len(ood_scores),
+        "iou_k_plus_1": iou_by_class(seg["iou"], [*known_names, "OOD"]),
+    }
+    return row, Curve.from_counts(*groups)
+
+
+def iou_by_class(iou: np.ndarray, names: list[str]) -> dict[str, float | None]:
+    """Per-class IoU for JSON: None where a class has no pixel in truth or prediction."""
+    return {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou, strict=True)}
 
 
 def score_map_of(

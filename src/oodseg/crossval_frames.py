@@ -29,6 +29,8 @@ from oodseg.annotate import Annotations, simulate_annotations
 from oodseg.crossval import (
     DEFAULT_DETECTORS,
     FoldFigures,
+    fold_row,
+    iou_by_class,
     package_versions,
     score_map_of,
     summarise,
@@ -36,7 +38,7 @@ from oodseg.crossval import (
 )
 from oodseg.datasets import IGNORE_LABEL, BandNormaliser, FrameSet, class_id, load_endoscapes
 from oodseg.detectors import DETECTORS, Detector, InputDetector, PixelOutputs, make_detector
-from oodseg.metrics import Curve, metrics_from_counts, segmentation_metrics, tie_groups
+from oodseg.metrics import metrics_from_counts, segmentation_metrics, tie_groups
 from oodseg.model import FEATURES, PRESETS, build_network
 from oodseg.threshold import calibrate_threshold, open_set_labels
 from oodseg.training import IGNORE, TrainConfig, fit, infer, network_input
@@ -309,35 +311,23 @@ class _Fold:
         self.closed_set = (truth_all, np.concatenate(closed), k)
 
         rows, figures = [], {}
-        id_test = truth_all < k
         rng = np.random.default_rng(cfg.train.seed)
         for name in detectors:
             id_s = np.concatenate(scores[name][0]).astype(np.float64)
             ood_s = np.concatenate(scores[name][1]).astype(np.float64)
-            pred = np.concatenate(preds[name])
-            groups = tie_groups(id_s, ood_s)
-            seg = segmentation_metrics(truth_all, pred, k + 1)
-            rows.append(
-                {
-                    "held_out": fold_name,
-                    "detector": name,
-                    **metrics_from_counts(*groups),
-                    "threshold": thresholds[name],
-                    "id_accuracy": float((pred[id_test] == truth_all[id_test]).mean()),
-                    "closed_set_accuracy": float(
-                        (self.closed_set[1][id_test] == truth_all[id_test]).mean()
-                    ),
-                    "ood_recall": float((ood_s < thresholds[name]).mean()),
-                    "miou_k_plus_1": seg["miou"],
-                    "mdice_k_plus_1": seg["mdice"],
-                    "test_tpr": float((id_s >= thresholds[name]).mean()),
-                    "detector_seconds": seconds[name],
-                    "n_id": len(id_s),
-                    "n_ood": len(ood_s),
-                    "iou_k_plus_1": _iou_by_class(seg["iou"], self._names() + ["OOD"]),
-                }
+            row, curve = fold_row(
+                fold_name,
+                name,
+                id_s,
+                ood_s,
+                thresholds[name],
+                truth_all,
+                np.concatenate(preds[name]),
+                self.closed_set[1],
+                self._names(),
+                seconds[name],
             )
-            curve = Curve.from_counts(*groups)
+            rows.append(row)
             figures[name] = FoldFigures(
                 thresholds[name], _sample(id_s, rng), _sample(ood_s, rng), (curve.fpr, curve.tpr)
             )
@@ -383,7 +373,7 @@ class _Fold:
             "ood_recall": 0.0,
             "miou_k_plus_1": seg["miou"],
             "mdice_k_plus_1": seg["mdice"],
-            "iou_k_plus_1": _iou_by_class(seg["iou"], self._names() + ["OOD"]),
+            "iou_k_plus_1": iou_by_class(seg["iou"], self._names() + ["OOD"]),
         }
 
 
@@ -427,7 +417,7 @@ def _fully_supervised(
         "ood_recall": float((pred[~id_test] == k).mean()),
         "miou_k_plus_1": seg["miou"],
         "mdice_k_plus_1": seg["mdice"],
-        "iou_k_plus_1": _iou_by_class(seg["iou"], [*data.class_names, "OOD"]),
+        "iou_k_plus_1": iou_by_class(seg["iou"], [*data.class_names, "OOD"]),
     }
 
 
@@ -453,10 +443,6 @@ def _protocol_results(
         "left_out_classes": {},
         "config": {"network": PRESETS[config.preset].description, "tpr": config.tpr},
     }
-
-
-def _iou_by_class(iou: np.ndarray, names: list[str]) -> dict[str, float | None]:
-    return {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou, strict=True)}
 
 
 def _sample(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -185,13 +185,13 @@ def read_sample(data: ImageDataset, item: Item, bands: int | None = None) -> Sam
     return Sample(item.name, image.astype(np.float32), mask)
 
 
-def read_all(data: ImageDataset, split: str = "train") -> list[Sample]:
-    """Every item of a split, read and checked; band counts must agree across the data set, and
-    every class needs at least one annotated pixel."""
+def read_all(data: ImageDataset, split: str = "train", bands: int | None = None) -> list[Sample]:
+    """Every item of a split, read and checked; band counts must agree across the data set (and
+    with ``bands`` if given), and every training class needs at least one annotated pixel."""
     items = data.split(split)
     if not items:
         raise ValueError(f"the data set has no {split} image")
-    samples, bands = [], None
+    samples = []
     for item in items:
         sample = read_sample(data, item, bands)
         bands = sample.image.shape[-1]
