@@ -31,22 +31,25 @@ def main(argv: list[str]) -> None:
         wall = time.perf_counter() - start
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         res = json.loads((out / "results.json").read_text())
-    n_folds = len({r["held_out"] for r in res["folds"]})
+    protocols = res["protocols"]
+    n_folds = sum(len({r["held_out"] for r in p["folds"]}) for p in protocols.values())
+    n_detectors = len(res["config"]["detectors"])
     print("| command | folds x detectors | wall time | peak RSS | machine |")
     print("|---|---|---|---|---|")
     print(
-        f"| oodseg crossval {' '.join(argv)} | {n_folds} x {len(res['summary'])} | {wall:.0f} s "
+        f"| oodseg crossval {' '.join(argv)} | {n_folds} x {n_detectors} | {wall:.0f} s "
         f"({wall / 60:.1f} min) | {peak_mib:.0f} MiB | {res['machine']} |"
     )
-    print()
-    print("| detector | AUROC | FPR95 | ID acc. | OOD recall |")
-    print("|---|---|---|---|---|")
-    for det, s in res["summary"].items():
-        cells = [
-            f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}"
-            for m in ("auroc", "fpr95", "id_accuracy", "ood_recall")
-        ]
-        print(f"| {det} | " + " | ".join(cells) + " |")
+    for name, p in protocols.items():
+        print()
+        print(f"| {name}: detector | AUROC | FPR95 | ID acc. | OOD recall |")
+        print("|---|---|---|---|---|")
+        for det, s in p["summary"].items():
+            cells = [
+                f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}"
+                for m in ("auroc", "fpr95", "id_accuracy", "ood_recall")
+            ]
+            print(f"| {det} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

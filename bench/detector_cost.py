@@ -42,7 +42,13 @@ def main() -> None:
     x = torch.from_numpy(np.ascontiguousarray(tiled.transpose(2, 0, 1)))[None]
     split = make_split(scene.labels, "scene", mode="strokes", budget=0.05, margin=1, seed=0)
     target = np.where(split.train.labels > 0, split.train.labels - 1, IGNORE)
-    net = fit(build_network("small", 200, 16), cube, target, TrainConfig(epochs=10), progress=False)
+    net = fit(
+        build_network("small", 200, 16),
+        [(cube, target)],
+        TrainConfig(epochs=10),
+        patch=64,
+        progress=False,
+    )
     reference = build_network("reference", 200, 16).eval()
     mp = args.side**2 / 1e6
     with torch.no_grad():

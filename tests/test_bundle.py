@@ -17,9 +17,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from oodseg.annotate import simulate_annotations
-from oodseg.bundle import Inference, load_bundle, train
+from oodseg.bundle import load_bundle, train
 from oodseg.cli import app
 from oodseg.detectors import DETECTORS, InputDetector, PixelOutputs, make_detector
+from oodseg.inference import Predictor
 from oodseg.io import read_image, read_mask
 from oodseg.manifest import from_folders, load_manifest, read_all
 from oodseg.training import TrainConfig
@@ -316,6 +317,26 @@ def test_bad_data_is_refused_with_the_file_named_and_nothing_written(crops, tmp_
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model")]
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--tpr", "1.5"], "strictly between 0 and 1"),
+        (["--detector", "odinn"], "unknown detector 'odinn'"),
+        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--precision", "16"], "unknown precision '16'"),
+        (["--patch", "30"], "patch side must be a multiple of 16"),
+    ],
+)
+def test_bad_options_are_refused_before_reading_or_training(dataset, tmp_path, args, message):
+    out = tmp_path / "model"
+    result = CliRunner().invoke(
+        app, ["train", "--data", str(dataset), "--out", str(out), "--device", "cpu", *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not out.exists() and not (tmp_path / ".model.checkpoints").exists()
+
+
 def test_nan_policy_zero_fills_and_trains(crops, tmp_path):
     manifest, _ = _bad_case("NaN in cube", crops, tmp_path)
     data = load_manifest(manifest)
@@ -492,10 +513,8 @@ def test_ddp_training_with_two_processes_reduces_the_detector_exactly(dataset, t
     assert len(train_samples) == 8  # four per process
     parts, labels = [], []
     for s in train_samples:
-        _, logits, feats = bundle._forward(s.image, Inference("cpu"))
-        parts.append(
-            PixelOutputs.from_maps(logits, feats, torch.from_numpy(s.mask > 0), bundle.net.head)
-        )
+        forward = Predictor(bundle.net, bundle.normaliser, bundle.preset).forward(s.image)
+        parts.append(forward.pixels(bundle.net.head, s.mask > 0))
         labels.append(torch.from_numpy(s.mask[s.mask > 0] - 1))
     single = make_detector("mahalanobis").fit(PixelOutputs.concat(parts), torch.cat(labels))
     torch.testing.assert_close(bundle.detector.means_, single.means_, rtol=1e-5, atol=1e-7)

@@ -19,8 +19,8 @@ def run(tmp_path, *args):
     [
         (["--dataset", "pavia"], "unknown dataset 'pavia'"),
         (["--detectors", "msp,odinn"], "unknown detector odinn"),
-        (["--classes", "Woods,Maize"], "no class 'Maize'"),
-        (["--classes", "17"], "no class '17'"),
+        (["--hold-out", "Woods,Maize"], "no class 'Maize'"),
+        (["--hold-out", "17"], "no class '17'"),
         (["--tpr", "1.0"], "strictly between 0 and 1"),
         (["--tpr", "0"], "strictly between 0 and 1"),
         (["--split", "random"], "unknown split 'random'"),
@@ -28,6 +28,16 @@ def run(tmp_path, *args):
         (["--annotation", "blobs"], "unknown annotation mode 'blobs'"),
         (["--loss", "focal"], "unknown loss 'focal'"),
         (["--features", "bottleneck"], "unknown feature choice 'bottleneck'"),
+        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--patch", "50"], "patch side must be a multiple of 16"),
+        (["--lr", "-1"], "learning rate must be positive"),
+        # Options of another kind of data set are refused, not ignored.
+        (["--scale", "0.5"], "--scale does not apply to a single scene"),
+        (["--max-frames", "4"], "--max-frames does not apply to a single scene"),
+        (["--protocols", "background"], "the background protocol needs background pixels"),
+        (["--fold", "17"], "--fold 17: this run has 16 jobs"),
+        (["--classes", "a,b"], "--classes, --background and --ignore describe --images"),
+        (["--resume"], "nothing to resume"),
         (
             ["--preset", "reference", "--encoder-weights", "/nonexistent/b4.safetensors"],
             "encoder weights file not found",

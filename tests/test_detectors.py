@@ -71,3 +71,25 @@ def test_registry_errors_name_the_choices():
         make_detector("mcdropout")
     with pytest.raises(ValueError, match="temperature must be positive"):
         make_detector("energy", temperature=0)
+
+
+def test_params_come_from_the_constructor_signature():
+    assert make_detector("gen", gamma=0.3).params() == {"gamma": 0.3, "top_m": 100}
+    assert make_detector("knn", k=3).params() == {
+        "k": 3,
+        "bank_size": 20000,
+        "seed": 0,
+        "search": "kdtree",
+        "chunk": 8192,
+    }
+    assert make_detector("msp").params() == {}
+
+
+@pytest.mark.parametrize("name", ["mahalanobis", "relative_mahalanobis", "knn", "vim"])
+def test_scoring_before_fitting_is_a_clear_error(name):
+    from oodseg.detectors import NotFittedError
+
+    with pytest.raises(NotFittedError, match=f"the {name} detector is not fitted"):
+        make_detector(name).score(outputs(LOGITS))
+    # A detector with nothing to learn scores at once.
+    assert make_detector("msp").score(outputs(LOGITS)).shape == (len(LOGITS),)

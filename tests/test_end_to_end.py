@@ -11,7 +11,6 @@ from rich.console import Console
 
 from oodseg.crossval import DEFAULT_DETECTORS, CrossvalConfig, crossval
 from oodseg.metrics import ood_metrics
-from oodseg.report import write_report
 from oodseg.training import TrainConfig
 
 FOLDS = ("Hay-windrowed", "Woods", "Soybean-mintill")
@@ -25,20 +24,20 @@ ID_ACCURACY_BOUND = 0.50
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     config = CrossvalConfig(classes=FOLDS, train=TrainConfig(epochs=EPOCHS, device="cpu"))
-    result = crossval(config, console=Console(quiet=True))
     out = tmp_path_factory.mktemp("run")
-    write_report(out, result)
-    return result, out
+    return crossval(config, out, console=Console(quiet=True)), out
 
 
 def test_outputs_have_every_fold_and_detector(run):
-    result, out = run
-    res = json.loads((out / "results.json").read_text())
-    assert {"dataset", "split", "folds", "summary", "config", "versions", "seconds"} <= set(res)
-    assert res["dataset"] == "indian_pines" and res["split"] == "scene"
-    assert len(res["folds"]) == len(FOLDS) * len(DEFAULT_DETECTORS)
-    assert {r["held_out"] for r in res["folds"]} == set(FOLDS)
-    for r in res["folds"]:
+    res, out = run
+    assert res == json.loads((out / "results.json").read_text())
+    assert {"dataset", "protocols", "config", "versions", "seconds", "credit"} <= set(res)
+    assert res["dataset"] == "indian_pines" and list(res["protocols"]) == ["loco"]
+    assert "Baumgardner" in res["credit"] and res["baselines"] == []
+    loco = res["protocols"]["loco"]
+    assert len(loco["folds"]) == len(FOLDS) * len(DEFAULT_DETECTORS)
+    assert {r["held_out"] for r in loco["folds"]} == set(FOLDS)
+    for r in loco["folds"]:
         for key in (
             "auroc",
             "aupr_in",
@@ -52,39 +51,54 @@ def test_outputs_have_every_fold_and_detector(run):
             assert np.isfinite(r[key]), key
         # The threshold keeps the target TPR on the calibration pixels.
         assert r["calibration_tpr"] >= 0.95
+        # Every ID test pixel is scored once: kept or rejected at the threshold.
+        assert 0 < r["test_tpr"] <= 1 and r["n_id"] > 1000 and r["n_ood"] > 100
+        assert r["auroc_error_bound"] == 0  # a scene is far below the exact-metrics limit
     csv_rows = (out / "results.csv").read_text().splitlines()
     assert len(csv_rows) == 1 + (len(FOLDS) + 2) * len(DEFAULT_DETECTORS)
     md = (out / "results.md").read_text()
     assert "| msp |" in md and "AUROC per fold" in md
-    for png in ("roc.png", "histograms.png"):
+    for png in ("roc_loco.png", "histograms_loco.png"):
         assert (out / png).stat().st_size > 10_000
-    assert len(list(out.glob("panel_*.png"))) == 3
+    assert len(list(out.glob("panel_*.png"))) == len(FOLDS)
+    assert len(list((out / "folds").glob("*.json"))) == len(FOLDS)
+
+
+def _figures(out, det):
+    """(ID scores, OOD scores) per fold, from the fold files."""
+    found = []
+    for path in sorted((out / "folds").glob("*.npz")):
+        with np.load(path) as z:
+            found.append((z[f"{det}|id_scores"], z[f"{det}|ood_scores"]))
+    return found
 
 
 def test_separation_beats_the_measured_bound_and_a_shuffled_score_does_not(run):
-    result, _ = run
-    summary = result.results["summary"]
+    res, out = run
+    summary = res["protocols"]["loco"]["summary"]
     for det in ("msp", "maxlogit", "energy", "entropy"):
         assert summary[det]["auroc"]["mean"] > AUROC_BOUND, det
         assert summary[det]["id_accuracy"]["mean"] > ID_ACCURACY_BOUND, det
     rng = np.random.default_rng(0)
-    shuffled = []
-    for fold in result.folds:
-        f = fold["figures"]["msp"]
-        scores = rng.permutation(np.r_[f.id_scores, f.ood_scores])
-        shuffled.append(
-            ood_metrics(scores[: len(f.id_scores)], scores[len(f.id_scores) :])["auroc"]
-        )
+    shuffled, exact = [], []
+    for id_s, ood_s in _figures(out, "msp"):
+        scores = rng.permutation(np.r_[id_s, ood_s])
+        shuffled.append(ood_metrics(scores[: len(id_s)], scores[len(id_s) :])["auroc"])
+        exact.append(ood_metrics(id_s, ood_s)["auroc"])
     assert np.mean(shuffled) < AUROC_BOUND
+    # The figures keep every score of a scene: their AUROC is the reported one.
+    rows = [r["auroc"] for r in res["protocols"]["loco"]["folds"] if r["detector"] == "msp"]
+    np.testing.assert_allclose(sorted(exact), sorted(rows), atol=1e-6)
 
 
-def test_block_split_skips_and_reports_classes_missing_from_a_side():
+def test_block_split_skips_and_reports_classes_missing_from_a_side(tmp_path):
     config = CrossvalConfig(
         split="blocks", classes=("Oats", "Corn"), train=TrainConfig(epochs=2, device="cpu")
     )
-    res = crossval(config, console=Console(quiet=True)).results
+    res = crossval(config, tmp_path, console=Console(quiet=True))["protocols"]["loco"]
     # Oats has no pixel in the test blocks: its fold is skipped and the report says why.
     assert [s["held_out"] for s in res["skipped_folds"]] == ["Oats"]
+    assert "no test pixel of Oats" in res["skipped_folds"][0]["reason"]
     assert {r["held_out"] for r in res["folds"]} == {"Corn"}
     # Classes with test pixels but no annotation in the training blocks are left out of the fold.
     assert res["left_out_classes"] == {

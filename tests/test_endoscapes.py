@@ -11,10 +11,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from oodseg.cli import app
-from oodseg.crossval_frames import FramesConfig, _strokes, crossval_frames
+from oodseg.crossval import CrossvalConfig, crossval
 from oodseg.datasets import IGNORE_LABEL, load_endoscapes
+from oodseg.engine import BACKGROUND, collect
 from oodseg.metrics import ood_metrics
-from oodseg.report import write_frames_report
+from oodseg.sources import FRAME_BUDGET, endoscapes_collection
 from oodseg.training import TrainConfig
 
 CLASSES = (
@@ -112,55 +113,65 @@ def test_bad_files_give_errors_naming_them(root, tmp_path, damage, message):
         load_endoscapes(copy, scale=1, splits=("train",))
 
 
-def test_simulated_strokes_never_touch_background_or_ignore(frames):
-    config = FramesConfig(data_root="unused")
+def test_simulated_strokes_never_touch_background_or_ignore(root, frames):
+    collection = collect(endoscapes_collection(root, scale=0.25, max_frames=3))
+    assert collection.ids("train") == [0, 1, 2] and collection.ids("calibration") == [3, 4, 5]
+    assert collection.ids("truth") == [6, 7, 8]
     for i, f in enumerate(frames.splits["train"]):
-        ann = _strokes(f.mask, config, seed=i)
-        on = ann.labels > 0
-        assert on.any()
-        np.testing.assert_array_equal(ann.labels[on], f.mask[on])  # the structure under the stroke
+        s = collection.load(i)
+        assert s.name == f.name
+        on = s.train > 0
+        assert on.any() and not (s.calibration > 0).any() and not (s.truth > 0).any()
+        np.testing.assert_array_equal(s.train[on], f.mask[on])  # the structure under the stroke
         assert not on[(f.mask == 0) | (f.mask == IGNORE_LABEL)].any()
+        # Background is known (BACKGROUND in the dense labels), ignore is not scored (0).
+        np.testing.assert_array_equal(s.dense == BACKGROUND, f.mask == 0)
+        np.testing.assert_array_equal(s.dense == 0, f.mask == IGNORE_LABEL)
         for c in np.unique(f.mask[(f.mask > 0) & (f.mask != IGNORE_LABEL)]):
-            budget = max(6, int(np.ceil(config.budget * (f.mask == c).sum())))
-            assert (ann.labels == c).sum() <= budget
+            budget = max(6, int(np.ceil(FRAME_BUDGET * (f.mask == c).sum())))
+            assert (s.train == c).sum() <= budget
+        again = collection.load(i)  # the same strokes on every read
+        np.testing.assert_array_equal(again.train, s.train)
 
 
 @pytest.fixture(scope="module")
 def quick_run(root, tmp_path_factory):
-    config = FramesConfig(
+    config = CrossvalConfig(
+        dataset="endoscapes",
         data_root=str(root),
         protocols=("background",),
         detectors=("gen", "mahalanobis"),
         train=TrainConfig(epochs=5, device="cpu"),
         **QUICK,
     )
-    result = crossval_frames(config, console=Console(quiet=True))
     out = tmp_path_factory.mktemp("endoscapes")
-    write_frames_report(out, result)
-    return result, out
+    return crossval(config, out, console=Console(quiet=True)), out
 
 
 def test_background_as_ood_beats_the_measured_bound_and_a_shuffle_fails_it(quick_run):
-    result, _ = quick_run
-    (fold,) = result.folds["background"]
+    res, out = quick_run
     rng = np.random.default_rng(0)
-    for det, bound in AUROC_BOUND.items():
-        row = next(
-            r for r in result.results["protocols"]["background"]["folds"] if r["detector"] == det
-        )
-        assert row["auroc"] > bound, det
-        assert row["n_ood"] > row["n_id"] > 10_000  # background dominates the frames
-        fig = fold["figures"][det]
-        scores = np.r_[fig.id_scores, fig.ood_scores]
-        is_id = np.r_[np.ones(len(fig.id_scores), bool), np.zeros(len(fig.ood_scores), bool)]
-        shuffled = rng.permutation(is_id)
-        assert ood_metrics(scores[shuffled], scores[~shuffled])["auroc"] < bound
+    (figures,) = sorted((out / "folds").glob("*background*.npz"))
+    with np.load(figures) as fig:
+        for det, bound in AUROC_BOUND.items():
+            row = next(r for r in res["protocols"]["background"]["folds"] if r["detector"] == det)
+            assert row["auroc"] > bound, det
+            assert row["n_ood"] > row["n_id"] > 10_000  # background dominates the frames
+            assert 1 <= row["images_with_both"] <= 8 and 0.5 < row["auroc_per_image"] <= 1
+            scores = np.r_[fig[f"{det}|id_scores"], fig[f"{det}|ood_scores"]]
+            is_id = np.r_[
+                np.ones(len(fig[f"{det}|id_scores"]), bool),
+                np.zeros(len(fig[f"{det}|ood_scores"]), bool),
+            ]
+            shuffled = rng.permutation(is_id)
+            assert ood_metrics(scores[shuffled], scores[~shuffled])["auroc"] < bound
 
 
 def test_report_has_baselines_protocol_tables_and_figures(quick_run):
-    result, out = quick_run
-    res = json.loads((out / "results.json").read_text())
-    assert res["frames"] == {"train": 8, "val": 8, "test": 8}
+    res, out = quick_run
+    assert res == json.loads((out / "results.json").read_text())
+    assert res["images"] == 24 and "8 train, 8 val, 8 test images" in res["description"]
+    assert "Murali" in res["credit"]
     methods = [b["method"] for b in res["baselines"]]
     assert methods[0] == "closed-set arg-max (no OOD)"
     assert methods[1].startswith("fully supervised")
@@ -168,11 +179,13 @@ def test_report_has_baselines_protocol_tables_and_figures(quick_run):
     assert closed["ood_recall"] == 0 and closed["iou_k_plus_1"]["OOD"] == 0
     md = (out / "results.md").read_text()
     assert "| closed-set arg-max (no OOD) | — | — |" in md
-    assert "| OOD-SEG, gen |" in md and "## endoscapes: background protocol" in md
+    assert "| OOD-SEG, gen |" in md and "## Background as OOD" in md
     header = (out / "results.csv").read_text().splitlines()[0]
     assert header.startswith("protocol,held_out,detector,auroc")
-    for png in ("frames.png", "roc_background.png", "histograms_background.png"):
+    for png in ("roc_background.png", "histograms_background.png"):
         assert (out / png).stat().st_size > 10_000
+    (panel,) = out.glob("panel_*background*.png")
+    assert panel.stat().st_size > 50_000
 
 
 def test_cli_refuses_endoscapes_without_a_folder(tmp_path):
@@ -189,6 +202,8 @@ def test_cli_refuses_endoscapes_without_a_folder(tmp_path):
         (["--protocols", "random"], "unknown protocol random"),
         (["--data-root", "/nonexistent/endoscapes"], "Endoscapes folder not found"),
         (["--scale", "2"], "frame scale must be in (0, 1]"),
+        (["--split", "blocks"], "--split does not apply to a frame set"),
+        (["--margin", "2"], "--margin does not apply to a frame set"),
     ],
 )
 def test_cli_refuses_bad_frame_options(root, tmp_path, args, message):

@@ -3,8 +3,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from oodseg.datasets import BandNormaliser
+from oodseg.inference import Inference, Predictor
 from oodseg.model import build_network, load_matching_weights
-from oodseg.training import IGNORE, PatchDataset, TrainConfig, fit, infer, network_input
+from oodseg.training import IGNORE, PatchDataset, TrainConfig, fit
+
+
+def predictor(net, bands: int, precision: str = "32") -> Predictor:
+    """Outputs of an input already normalised (identity normalisation)."""
+    identity = BandNormaliser(np.zeros(bands), np.ones(bands))
+    return Predictor(net, identity, "small", Inference(precision=precision))
 
 
 def test_small_network_returns_logits_and_features_at_full_resolution():
@@ -51,21 +59,53 @@ def test_reference_network_loads_only_matching_local_weights(tmp_path):
 
 
 def test_patches_always_contain_annotations_and_keep_image_and_target_aligned():
-    images = torch.arange(2 * 3 * 40 * 30, dtype=torch.float32).reshape(2, 3, 40, 30)
-    target = torch.full((2, 40, 30), IGNORE)
-    target[1, 5, 7] = 2  # one annotated pixel, in the second of two images
-    ds = PatchDataset(images, target, patch=16, length=20, seed=0)
+    # Two images of different sizes, the second smaller than a patch (edge-padded).
+    images = [
+        torch.arange(3 * 40 * 30, dtype=torch.float32).reshape(3, 40, 30),
+        -torch.arange(1, 3 * 12 * 20 + 1, dtype=torch.float32).reshape(3, 12, 20),
+    ]
+    target = [torch.full((40, 30), IGNORE), torch.full((12, 20), IGNORE)]
+    target[1][5, 7] = 2  # one annotated pixel, in the second image
+    ds = PatchDataset(list(zip(images, target, strict=True)), patch=16, length=20, seed=0)
     for i in range(20):
         img, tgt = ds[i]
         assert img.shape == (3, 16, 16) and tgt.shape == (16, 16)
         ((y, x),) = torch.nonzero(tgt == 2).tolist()
         # The annotated pixel's value travels with it through flips and rotations.
-        assert img[0, y, x] == images[1, 0, 5, 7]
+        assert img[0, y, x] == images[1][0, 5, 7]
+        assert (img < 0).all()  # padding repeats the image's edge, never the other image
+
+
+def test_patches_are_drawn_from_a_bounded_cache_of_images():
+    """Images read on demand: the cache holds what fits in its budget, and the patches are those
+    of a dataset that holds every image."""
+    rng = np.random.default_rng(0)
+    pairs = []
+    for _ in range(6):
+        target = torch.full((32, 32), IGNORE)
+        target[rng.integers(0, 32, 5), rng.integers(0, 32, 5)] = 1
+        pairs.append((torch.from_numpy(rng.normal(size=(2, 32, 32)).astype(np.float32)), target))
+    reads = []
+
+    class Disk(list):
+        def __getitem__(self, n):
+            reads.append(n)
+            return super().__getitem__(n)
+
+    one_image = 2 * 32 * 32 * 4 + 32 * 32 * 8 + 5 * 8
+    counts = [int((t != IGNORE).sum()) for _, t in pairs]
+    small = PatchDataset(Disk(pairs), 16, 40, 0, counts=counts, cache_bytes=2 * one_image)
+    whole = PatchDataset(pairs, 16, 40, 0)
+    for i in range(40):
+        for a, b in zip(small[i], whole[i], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert len(small._cache) <= 2
+    assert len(reads) > 6  # images were read again after being dropped
 
 
 def test_patch_dataset_refuses_no_annotation():
     with pytest.raises(ValueError, match="no annotated pixel"):
-        PatchDataset(torch.zeros(1, 2, 8, 8), torch.full((1, 8, 8), IGNORE), 8, 4, 0)
+        PatchDataset([(torch.zeros(2, 8, 8), torch.full((8, 8), IGNORE))], 8, 4, 0)
 
 
 def test_training_is_seeded_and_learns(tmp_path):
@@ -82,13 +122,19 @@ def test_training_is_seeded_and_learns(tmp_path):
     for run in range(2):
         torch.manual_seed(3)
         net = build_network("small", 4, 2)
-        fit(net, image, target, config, checkpoint_dir=tmp_path / str(run), progress=False)
+        fit(
+            net,
+            [(image, target)],
+            config,
+            patch=32,
+            checkpoint_dir=tmp_path / str(run),
+            progress=False,
+        )
         nets.append(net)
         assert (tmp_path / str(run) / "last.ckpt").is_file()
     for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    logits, _ = infer(nets[0], network_input(image, 16), (32, 32))
-    pred = logits.argmax(0).numpy()
+    pred = predictor(nets[0], 4).forward(image).logits.argmax(0).numpy()
     assert (pred[:, :16] == 0).mean() > 0.8 and (pred[:, 16:] == 1).mean() > 0.8
 
 
@@ -134,11 +180,10 @@ def test_bf16_autocast_and_channels_last_train_and_infer_like_float32():
         channels_last=True,
     )
     torch.manual_seed(0)
-    net = fit(build_network("small", 3, 2), image, target, config, progress=False)
-    x = network_input(image, 16)
-    logits, features = infer(net, x, (32, 32), precision="bf16-mixed")
-    assert logits.dtype == torch.float32 and features.shape == (16, 32, 32)
-    reference, _ = infer(net, x, (32, 32))
-    torch.testing.assert_close(logits, reference, rtol=0.05, atol=0.05)
+    net = fit(build_network("small", 3, 2), [(image, target)], config, patch=32, progress=False)
+    fast = predictor(net, 3, "bf16-mixed").forward(image)
+    assert fast.logits.dtype == torch.float32 and fast.features.shape == (16, 32, 32)
+    reference = predictor(net, 3).forward(image).logits
+    torch.testing.assert_close(fast.logits, reference, rtol=0.05, atol=0.05)
     with pytest.raises(ValueError, match="unknown precision '16'"):
         TrainConfig(precision="16")

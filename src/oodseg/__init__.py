@@ -2,7 +2,8 @@
 
 The pipeline, one module per stage: ``datasets`` / ``manifest`` / ``io`` → ``annotate`` / ``splits``
 → ``model`` → ``training`` → ``detectors`` (OOD scoring) → ``threshold`` → ``metrics`` (evaluation)
-→ ``report``; ``crossval`` and ``crossval_frames`` run the evaluation protocols, ``bundle`` trains,
+→ ``report``; ``engine`` runs one fold on any collection of images, ``sources`` turns data sets into
+collections and folds, ``crossval`` runs the evaluation protocols, ``bundle`` trains,
 saves, loads and predicts with a model on your own data, and ``cli`` exposes all of it.
 """
 
@@ -10,8 +11,7 @@ __version__ = "0.1.0"
 
 from oodseg.annotate import Annotations, simulate_annotations
 from oodseg.bundle import Bundle, load_bundle, train
-from oodseg.crossval import CrossvalConfig, CrossvalResult, crossval
-from oodseg.crossval_frames import FramesConfig, crossval_frames
+from oodseg.crossval import CrossvalConfig, crossval, prepare
 from oodseg.datasets import DATASETS, BandNormaliser, FrameSet, Scene, load_dataset, load_endoscapes
 from oodseg.detectors import (
     DETECTORS,
@@ -23,12 +23,14 @@ from oodseg.detectors import (
     make_detector,
     register,
 )
+from oodseg.engine import Collection, Fold, Sample
+from oodseg.inference import Predictor, Scorer
 from oodseg.manifest import ImageDataset, from_folders, load_manifest
 from oodseg.metrics import ood_metrics, segmentation_metrics
 from oodseg.model import PRESETS, Segmenter, build_network
 from oodseg.splits import Split, make_split
 from oodseg.threshold import calibrate_threshold, open_set_labels
-from oodseg.training import TrainConfig, fit, infer
+from oodseg.training import TrainConfig, fit
 
 __all__ = [
     "DATASETS",
@@ -38,10 +40,13 @@ __all__ = [
     "BandNormaliser",
     "Bundle",
     "FrameSet",
-    "FramesConfig",
+    "Collection",
+    "Fold",
+    "Predictor",
+    "Sample",
+    "Scorer",
     "ImageDataset",
     "CrossvalConfig",
-    "CrossvalResult",
     "Detector",
     "InputDetector",
     "LogitDetector",
@@ -54,13 +59,12 @@ __all__ = [
     "build_network",
     "calibrate_threshold",
     "crossval",
-    "crossval_frames",
+    "prepare",
     "from_folders",
     "load_bundle",
     "load_endoscapes",
     "load_manifest",
     "fit",
-    "infer",
     "load_dataset",
     "make_detector",
     "make_split",

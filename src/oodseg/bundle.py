@@ -14,42 +14,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from safetensors.torch import load_file, save_file
 from scipy import ndimage
 
-from oodseg.crossval import package_versions, torch_device
 from oodseg.datasets import BandNormaliser
-from oodseg.detectors import DETECTORS, Detector, InputDetector, PixelOutputs, make_detector
-from oodseg.distributed import broadcast_module, gather_by_image, my_images
+from oodseg.detectors import DETECTORS, Detector
+from oodseg.distributed import broadcast_module
+from oodseg.engine import Collection, Sample, collect, fit_scorer, train_network
+from oodseg.inference import Inference, Predictor, Scorer
 from oodseg.io import write_folder
-from oodseg.manifest import ImageDataset, Sample, read_all
-from oodseg.model import PRESETS, Segmenter, build_network
-from oodseg.threshold import calibrate_threshold
-from oodseg.training import IGNORE, PRECISIONS, TrainConfig, fit
+from oodseg.manifest import ImageDataset, read_all
+from oodseg.model import Segmenter, build_network
+from oodseg.runtime import package_versions
+from oodseg.training import TrainConfig
 
 FORMAT_VERSION = 1
 OOD_LABEL = 0  # in predicted label maps: 0 = OOD / unknown, 1..K = the classes
-
-
-@dataclass(frozen=True)
-class Inference:
-    """How a bundle runs: device, window side (``tile``), bf16 autocast, channels-last memory."""
-
-    device: str = "cpu"
-    tile: int = 1024
-    precision: str = "32"  # or "bf16-mixed"
-    channels_last: bool = False
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}"
-            )
-
-    @property
-    def torch_device(self) -> torch.device:
-        return torch_device(self.device)
 
 
 @dataclass
@@ -94,67 +74,21 @@ class Bundle:
         h, w, _ = image.shape
         labels = np.zeros((h, w), np.uint8 if len(self.class_names) < 256 else np.uint16)
         scores = np.zeros((h, w), np.float32)
+        scorer = Scorer(
+            Predictor(self.net, self.normaliser, self.preset, run), {"d": self.detector}
+        )
         margin = tile // 16
         for y0 in range(0, h, tile):
             a, b = max(0, y0 - margin), min(h, y0 + tile + margin)
-            logits, score = self._score(image[a:b], run, source=source, first_row=a)
+            forward = scorer.predictor.forward(image[a:b], source, first_row=a)
+            score = scorer.score_maps(forward)["d"]
             keep = slice(y0 - a, y0 - a + min(tile, h - y0))
-            pred = np.where(score >= self.threshold, logits.argmax(0) + 1, OOD_LABEL)
+            pred = np.where(
+                score >= self.threshold, forward.logits.argmax(0).numpy() + 1, OOD_LABEL
+            )
             labels[y0 : y0 + tile] = pred[keep]
             scores[y0 : y0 + tile] = score[keep]
         return labels, scores
-
-    def _window(self, x: torch.Tensor, predictor, run: Inference):
-        """MONAI's sliding window over a strip: windows as tall as the strip, at most
-        ``run.tile`` wide, sides rounded up to the network's divisor."""
-        d = PRESETS[self.preset].divisor
-        h, w = x.shape[-2:]
-        roi = (-(-h // d) * d, -(-min(w, run.tile) // d) * d)
-        fmt = torch.channels_last if run.channels_last else torch.contiguous_format
-        self.net.to(device=x.device, memory_format=fmt).eval()
-        bf16 = run.precision == "bf16-mixed"
-        with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
-            return sliding_window_inference(
-                x.contiguous(memory_format=fmt), roi, 1, predictor, overlap=0.25, mode="gaussian"
-            )
-
-    def _input(
-        self, image: np.ndarray, device: torch.device, source: str = "image", first_row: int = 0
-    ) -> torch.Tensor:
-        """The normalised (1, C, H, W) float32 network input of a raw (H, W, C) image (a memory
-        map is read here, row by row). Converted, checked, normalised and transposed one row at a
-        time: a whole-image transposing copy of a 200-band cube thrashes the cache and cost 3x as
-        much (as much as the small network's forward)."""
-        mean = torch.as_tensor(self.normaliser.mean, dtype=torch.float32)
-        std = torch.as_tensor(self.normaliser.std, dtype=torch.float32)
-        h, w, c = image.shape
-        check = not np.issubdtype(image.dtype, np.integer)
-        x = torch.empty(c, h, w)
-        for r in range(h):
-            row = torch.from_numpy(np.array(image[r], np.float32))  # a copy: memmaps are read-only
-            if check and not torch.isfinite(row).all():
-                raise ValueError(f"{source}: NaN or Inf values in row {first_row + r}")
-            x[:, r] = ((row - mean) / std).T
-        return x[None].to(device)
-
-    def _forward(self, image: np.ndarray, run: Inference, **where) -> tuple[torch.Tensor, ...]:
-        """The normalised input, logits (K, H, W) and features (F, H, W) of a raw image."""
-        x = self._input(image, run.torch_device, **where)
-        logits, features = self._window(x, self.net, run)
-        return x, logits[0].float().cpu(), features[0].float().cpu()
-
-    def _score(self, image: np.ndarray, run: Inference, **where) -> tuple[np.ndarray, np.ndarray]:
-        """Logits (K, H, W) and the detector's score map (H, W) of a raw image; ``where``
-        (source, first_row) names the place of a bad value in errors."""
-        x, logits, features = self._forward(image, run, **where)
-        if isinstance(self.detector, InputDetector):
-            score = self._window(
-                x, lambda t: self.detector.score_image(self.net, t)[:, None].float(), run
-            )[0, 0]
-        else:
-            outputs = PixelOutputs.from_maps(logits, features, head=self.net.head)
-            score = self.detector.score(outputs).reshape(logits.shape[1:])
-        return logits.numpy(), score.float().cpu().numpy()
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the bundle folder atomically: a sibling temporary folder renamed into place."""
@@ -255,143 +189,110 @@ def train(
     data: ImageDataset,
     *,
     detector: str = "gen",
-    preset: str = "small",
-    features: str = "last",
     tpr: float = 0.95,
     config: TrainConfig | None = None,
-    encoder_weights: str | Path | None = None,
     calibration_share: float = 0.25,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
 ) -> Bundle:
-    """Train a bundle on a data set's training images (sparse masks). The threshold keeps ``tpr``
-    of the calibration annotations: the ``val`` images' if the data set has some, else a seeded
-    ``calibration_share`` of each class's strokes (connected components), held out of training.
-    With ``checkpoint_dir``, training checkpoints every epoch and ``resume`` continues from there."""
+    """Train a bundle on a data set's training images (sparse masks), through the fold engine with
+    every class known. The threshold keeps ``tpr`` of the calibration annotations: the ``val``
+    images' if the data set has some, else a seeded ``calibration_share`` of each class's strokes
+    (connected components; at least one of a class's strokes once it has two), held out of
+    training. With ``checkpoint_dir``, training checkpoints every epoch and ``resume`` continues
+    from there. Mask pixels of the data set's ``ood`` values are never trained on."""
     config = config or TrainConfig()
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; choose from: {', '.join(DETECTORS)}")
+    if not 0 < tpr < 1:
+        raise ValueError(f"target TPR must be strictly between 0 and 1, got {tpr}")
+    if not 0 < calibration_share < 1:
+        raise ValueError(f"calibration share must be in (0, 1), got {calibration_share}")
+    k = len(data.class_names)
     samples = read_all(data, "train")
+    masks = [np.where(s.mask <= k, s.mask, 0).astype(np.uint8) for s in samples]
     bands = samples[0].image.shape[-1]
     if data.split("val"):
         val = read_all(data, "val", bands)
-        train_masks, cal_masks = [s.mask for s in samples], [s.mask for s in val]
-        cal_samples = val
+        empty = [np.zeros_like(m) for m in masks]
+        train_masks, cal_masks = (
+            masks + [np.zeros(s.mask.shape, np.uint8) for s in val],
+            empty + [np.where(s.mask <= k, s.mask, 0).astype(np.uint8) for s in val],
+        )
+        images = samples + val
     else:
-        train_masks, cal_masks = _hold_out_strokes(samples, calibration_share, config.seed)
-        cal_samples = samples
+        train_masks, cal_masks = _hold_out_strokes(masks, calibration_share, config.seed)
+        images = samples
     if not any((m > 0).any() for m in cal_masks):
         raise ValueError(
             "no annotation left to calibrate the threshold: add a val image or more strokes"
         )
-    images, targets = _stack([s.image for s in samples], [m - 1 for m in train_masks])
-    valid = np.zeros(images.shape[:3], bool)
-    for i, s in enumerate(samples):
-        valid[i, : s.image.shape[0], : s.image.shape[1]] = True
-    normaliser = BandNormaliser.fit(images, valid)
-    k = len(data.class_names)
-    torch.manual_seed(config.seed)
-    net = build_network(
-        preset,
-        bands,
-        k,
-        features=features,
-        encoder_weights=Path(encoder_weights) if encoder_weights else None,
-    )
-    train_config = TrainConfig(**{**asdict(config), "patch": PRESETS[preset].patch})
-    fit(
-        net,
-        normaliser(images),
-        targets,
-        train_config,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-    )
-    broadcast_module(net)
-
-    bundle = Bundle(
-        net.eval(),
-        make_detector(detector),
+    n_train = len(samples)
+    collection = Collection(
+        "training data",
         data.class_names,
-        normaliser,
-        0.0,
-        tpr,
-        preset,
-        features,
+        len(images),
+        lambda i: Sample(
+            images[i].name,
+            images[i].image,
+            train_masks[i],
+            cal_masks[i],
+            np.zeros_like(train_masks[i]),
+            normalise=np.ones(train_masks[i].shape, bool) if i < n_train else None,
+        ),
+        description="",
     )
+    collect(collection)
+    known = tuple(range(1, k + 1))
+    net = train_network(collection, known, config, checkpoint_dir=checkpoint_dir, resume=resume)
+    broadcast_module(net)
+    run = Inference(config.device, precision=config.precision, channels_last=config.channels_last)
     # After distributed training every process holds the same network: each runs its share of
     # the images and the per-image results are gathered in image order, so the detector and the
     # threshold are exactly what one process would compute.
-    run = Inference(config.device, precision=config.precision, channels_last=config.channels_last)
-    if not isinstance(bundle.detector, InputDetector):
-        width = k + net.feature_channels
-        local = {}
-        for i in my_images(len(samples)):
-            _, logits, feats = bundle._forward(samples[i].image, run)
-            mask = torch.from_numpy(train_masks[i] > 0)
-            local[i] = torch.cat(
-                [logits.flatten(1).T[mask.flatten()], feats.flatten(1).T[mask.flatten()]], 1
-            )
-        pixels = torch.cat(gather_by_image(local, len(samples), width, torch.float32))
-        labels = torch.cat([torch.from_numpy(m[m > 0] - 1) for m in train_masks])
-        w, b = net.head.weight.detach()[:, :, 0, 0].cpu(), net.head.bias.detach().cpu()
-        outputs = PixelOutputs(pixels[:, :k], pixels[:, k:], w, b)
-        bundle.detector.fit(outputs, labels)
-    local = {
-        i: torch.from_numpy(bundle._score(cal_samples[i].image, run)[1][cal_masks[i] > 0])[:, None]
-        for i in my_images(len(cal_samples))
-    }
-    cal = gather_by_image(local, len(cal_samples), 1, torch.float32)
-    bundle.threshold = calibrate_threshold(torch.cat(cal).numpy().ravel(), tpr)
-    bundle.info = {
-        "train": asdict(train_config),
-        "images": {
-            "train": [s.name for s in samples],
-            "calibration": [s.name for s in cal_samples],
+    scorer, thresholds, _ = fit_scorer(collection, net, known, [detector], tpr, run)
+    return Bundle(
+        net.eval(),
+        scorer.detectors[detector],
+        data.class_names,
+        collection.normaliser,
+        thresholds[detector],
+        tpr,
+        config.preset,
+        config.features,
+        {
+            "train": asdict(config),
+            "images": {
+                "train": [s.name for s in samples],
+                "calibration": [s.name for s, m in zip(images, cal_masks, strict=True) if m.any()],
+            },
+            "annotated_pixels": {
+                "train": int(sum((m > 0).sum() for m in train_masks)),
+                "calibration": int(sum((m > 0).sum() for m in cal_masks)),
+            },
+            "calibration": "val images"
+            if data.split("val")
+            else f"{calibration_share:.0%} of strokes",
         },
-        "annotated_pixels": {
-            "train": int(sum((m > 0).sum() for m in train_masks)),
-            "calibration": int(sum((m > 0).sum() for m in cal_masks)),
-        },
-        "calibration": "val images" if data.split("val") else f"{calibration_share:.0%} of strokes",
-    }
-    return bundle
+    )
 
 
 def _hold_out_strokes(
-    samples: list[Sample], share: float, seed: int
+    masks: list[np.ndarray], share: float, seed: int
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Split each class's connected annotated regions (strokes) into training and calibration
-    ones; a class with a single stroke keeps it for training."""
+    ones: ``share`` of them, at least one once a class has two; a class with a single stroke
+    keeps it for training."""
     rng = np.random.default_rng(seed)
     train, cal = [], []
-    for s in samples:
-        t, c = s.mask.copy(), np.zeros_like(s.mask)
-        for cls in np.unique(s.mask[s.mask > 0]):
-            regions, n = ndimage.label(s.mask == cls)
-            held = rng.permutation(n)[: int(share * n)] + 1
+    for mask in masks:
+        t, c = mask.copy(), np.zeros_like(mask)
+        for cls in np.unique(mask[mask > 0]):
+            regions, n = ndimage.label(mask == cls)
+            n_held = min(max(1, round(share * n)), n - 1)
+            held = rng.permutation(n)[:n_held] + 1
             chosen = np.isin(regions, held)
             c[chosen], t[chosen] = cls, 0
         train.append(t)
         cal.append(c)
     return train, cal
-
-
-def _stack(images: list[np.ndarray], targets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Images of different sizes padded (edge values; targets IGNORE) to one (N, H, W, C) stack."""
-    h = max(i.shape[0] for i in images)
-    w = max(i.shape[1] for i in images)
-    out = np.stack(
-        [np.pad(i, ((0, h - i.shape[0]), (0, w - i.shape[1]), (0, 0)), mode="edge") for i in images]
-    )
-    tgt = np.stack(
-        [
-            np.pad(
-                np.where(t >= 0, t, IGNORE),
-                ((0, h - t.shape[0]), (0, w - t.shape[1])),
-                constant_values=IGNORE,
-            )
-            for t in targets
-        ]
-    )
-    return out, tgt

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -11,9 +12,7 @@ import typer
 from rich.console import Console
 
 from oodseg.bundle import load_bundle, train
-from oodseg.crossval import DEFAULT_DETECTORS, CrossvalConfig, crossval
-from oodseg.crossval_frames import FramesConfig, crossval_frames
-from oodseg.datasets import FRAME_DATASETS
+from oodseg.crossval import DEFAULT_DETECTORS, CrossvalConfig, crossval, prepare
 from oodseg.distributed import rank_and_world
 from oodseg.io import check_nan_policy, read_image, write_folder
 from oodseg.manifest import (
@@ -45,12 +44,29 @@ EncoderWeights = Annotated[
 ]
 Epochs = Annotated[int, typer.Option(help="Training epochs (per network).")]
 PatchesPerEpoch = Annotated[int, typer.Option(help="Training patches per epoch.")]
+BatchSize = Annotated[int, typer.Option(help="Training patches per batch.")]
+Lr = Annotated[float, typer.Option(help="Learning rate (AdamW, cosine schedule).")]
+Patch = Annotated[
+    int | None, typer.Option(help="Training patch side (default: 64 for scenes, 128 for frames).")
+]
+Seed = Annotated[int, typer.Option(help="Seed of annotations, splits, training and calibration.")]
+Loss = Annotated[str, typer.Option(help="Training loss: ce (cross-entropy) or logitnorm.")]
+LogitnormTemperature = Annotated[float, typer.Option(help="Temperature of the LogitNorm loss.")]
 Precision = Annotated[str, typer.Option(help="32, or bf16-mixed (bf16 autocast, on a GPU).")]
 ChannelsLast = Annotated[
     bool, typer.Option(help="Channels-last memory format (faster convolutions on GPUs).")
 ]
 NanPolicy = Annotated[
     str, typer.Option(help="NaN / Inf in an image: error, or zero (set them to 0).")
+]
+Data = Annotated[Path | None, typer.Option(help="YAML manifest of the data set.")]
+Images = Annotated[Path | None, typer.Option(help="Folder of images.")]
+Masks = Annotated[Path | None, typer.Option(help="Folder of masks, matched to images by stem.")]
+Classes = Annotated[
+    str | None, typer.Option(help="Comma-separated class names (mask values 1..K), with --images.")
+]
+Ignore = Annotated[
+    int | None, typer.Option(help="Mask value that is neither a class nor unlabelled.")
 ]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -66,6 +82,15 @@ def _csv(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
+def _train_config(options: dict) -> TrainConfig:
+    """The one place where commands build their training set-up (checked before any work): from
+    a command's options, those named like :class:`TrainConfig`'s fields."""
+    chosen = {f.name: options[f.name] for f in fields(TrainConfig) if f.name in options}
+    if chosen.get("encoder_weights") is not None:
+        chosen["encoder_weights"] = str(chosen["encoder_weights"])
+    return TrainConfig(**chosen)
+
+
 crossval_app = typer.Typer(no_args_is_help=False)
 app.add_typer(crossval_app, name="crossval")
 
@@ -78,46 +103,67 @@ def crossval_command(
         typer.Option(help="Output folder (must be new or empty, or use --overwrite)."),
     ] = None,
     dataset: Annotated[
-        str, typer.Option(help="Data set: indian_pines (embedded) or endoscapes (--data-root).")
-    ] = "indian_pines",
-    data_root: Annotated[
-        Path | None,
-        typer.Option(help="Folder of a frame data set in its official layout (endoscapes)."),
-    ] = None,
-    protocols: Annotated[
         str,
         typer.Option(
-            help="Frame data sets: background (background as OOD) and/or loco (leave one class "
-            "out), comma-separated."
+            help="Ready-made data set: indian_pines (embedded) or endoscapes (--data-root)."
         ),
-    ] = "background,loco",
+    ] = "indian_pines",
+    data: Data = None,
+    images: Images = None,
+    masks: Masks = None,
+    classes: Classes = None,
+    background: Annotated[
+        str | None,
+        typer.Option(help="With --images: comma-separated mask values of known background (OOD)."),
+    ] = None,
+    ignore: Ignore = None,
+    nan_policy: NanPolicy = "error",
+    data_root: Annotated[
+        Path | None, typer.Option(help="Folder of Endoscapes in its official layout.")
+    ] = None,
+    protocols: Annotated[
+        str | None,
+        typer.Option(
+            help="background (background as OOD) and/or loco (leave one class out), "
+            "comma-separated; default: every protocol the data set allows."
+        ),
+    ] = None,
+    hold_out: Annotated[
+        str | None,
+        typer.Option(
+            help="loco: comma-separated classes to hold out (names or numbers); default all."
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Single scene: scene (strokes anywhere, default) or blocks (disjoint blocks)."
+        ),
+    ] = None,
+    margin: Annotated[
+        int | None,
+        typer.Option(
+            help="Single scene, scene split: pixels around strokes not tested (default 1)."
+        ),
+    ] = None,
     scale: Annotated[
-        float, typer.Option(help="Frame data sets: resize factor of the frames.")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            help="Frame sets: resize factor of the images (Endoscapes default 0.5, else 1)."
+        ),
+    ] = None,
     max_frames: Annotated[
         int | None,
-        typer.Option(help="Frame data sets: frames kept per split, evenly spread (quick runs)."),
+        typer.Option(help="Endoscapes: frames kept per split, evenly spread (quick runs)."),
     ] = None,
     baselines: Annotated[
         bool,
-        typer.Option(
-            help="Frame data sets: also train the fully supervised (background as a class) baseline."
-        ),
+        typer.Option(help="Background protocol: also train the fully supervised baseline."),
     ] = True,
-    split: Annotated[
-        str, typer.Option(help="Protocol: scene (strokes anywhere) or blocks (disjoint blocks).")
-    ] = "scene",
     detectors: Annotated[str, typer.Option(help="Comma-separated detector names.")] = ",".join(
         DEFAULT_DETECTORS
     ),
-    classes: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated classes to hold out (names or numbers); default all."),
-    ] = None,
     tpr: Tpr = 0.95,
-    preset: Preset = "small",
-    features: Features = "last",
-    encoder_weights: EncoderWeights = None,
     annotation: Annotated[
         str, typer.Option(help="Simulated annotator: strokes or points.")
     ] = "strokes",
@@ -128,103 +174,106 @@ def crossval_command(
             "0.02 per frame)."
         ),
     ] = None,
-    margin: Annotated[
-        int, typer.Option(help="scene split: pixels around strokes left out of the test pixels.")
-    ] = 1,
+    preset: Preset = "small",
+    features: Features = "last",
+    encoder_weights: EncoderWeights = None,
     epochs: Epochs = TrainConfig.epochs,
-    seed: Annotated[int, typer.Option(help="Seed of annotations, splits and training.")] = 0,
-    loss: Annotated[
-        str, typer.Option(help="Training loss: ce (cross-entropy) or logitnorm.")
-    ] = "ce",
-    logitnorm_temperature: Annotated[
-        float, typer.Option(help="Temperature of the LogitNorm loss.")
-    ] = TrainConfig.logitnorm_temperature,
     patches_per_epoch: PatchesPerEpoch = TrainConfig.patches_per_epoch,
+    batch_size: BatchSize = TrainConfig.batch_size,
+    lr: Lr = TrainConfig.lr,
+    patch: Patch = None,
+    seed: Seed = 0,
+    loss: Loss = "ce",
+    logitnorm_temperature: LogitnormTemperature = TrainConfig.logitnorm_temperature,
     device: Device = "auto",
     precision: Precision = "32",
     channels_last: ChannelsLast = False,
     fold: Annotated[
         int | None,
         typer.Option(
-            help="Run only fold i (1-based; one job of a cluster array), merge with 'crossval merge'."
+            help="Run only job i (1-based: the folds, then the baseline; one job of a cluster "
+            "array); merge with 'crossval merge'."
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue an interrupted run into --out, keeping its finished folds."),
+    ] = False,
     overwrite: Overwrite = False,
 ) -> None:
-    """Leave-one-class-out cross-validation: train without each class in turn, score it as OOD.
-    On a frame data set (endoscapes), also background as OOD, with baselines."""
+    """Cross-validation without OOD labels: train without each class in turn and score it as OOD
+    (loco), and score the declared background as OOD (background), with baselines. On the
+    embedded Indian Pines scene, Endoscapes, or your densely labelled images (--data, or
+    --images/--masks/--classes)."""
     if ctx.invoked_subcommand is not None:
         return
+    partial = None
     try:
         if out is None:
             raise ValueError("--out is required: the folder for the results")
-        _new_folder(out, overwrite)
-        train = TrainConfig(
-            epochs=epochs,
-            patches_per_epoch=patches_per_epoch,
-            seed=seed,
-            device=device,
-            loss=loss,
-            logitnorm_temperature=logitnorm_temperature,
-            precision=precision,
-            channels_last=channels_last,
+        partial = out.parent / f".{out.name}.partial"
+        if resume and not partial.is_dir():
+            raise ValueError(f"nothing to resume: {partial} does not exist")
+        if not resume:
+            _new_folder(out, overwrite)
+        own = data is not None or images is not None
+        config = CrossvalConfig(
+            dataset="data" if own else dataset,
+            data_root=str(data_root) if data_root else None,
+            protocols=_csv(protocols),
+            detectors=_csv(detectors) or (),
+            classes=_csv(hold_out),
+            tpr=tpr,
+            annotation=annotation,
+            budget=budget,
+            split=split,
+            margin=margin,
+            scale=scale,
+            max_frames=max_frames,
+            baselines=baselines,
+            fold=fold,
+            train=_train_config(locals()),
         )
-        common = {
-            "detectors": _csv(detectors) or (),
-            "classes": _csv(classes),
-            "tpr": tpr,
-            "preset": preset,
-            "features": features,
-            "train": train,
-            "encoder_weights": str(encoder_weights) if encoder_weights else None,
-        }
-        if dataset in FRAME_DATASETS:
-            if data_root is None:
-                raise ValueError(f"--dataset {dataset} needs --data-root (its folder)")
-            config = FramesConfig(
-                data_root=str(data_root),
-                protocols=_csv(protocols) or (),
-                scale=scale,
-                max_frames=max_frames,
-                baselines=baselines,
-                **({"budget": budget} if budget is not None else {}),
-                **common,
-            )
-        else:
-            config = CrossvalConfig(
-                dataset=dataset,
-                split=split,
-                fold=fold,
-                annotation=annotation,
-                budget=budget,
-                margin=margin,
-                **common,
-            )
-    except ValueError as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
-    from oodseg.report import print_summary, write_frames_report, write_report
-
-    results = {}
-
-    def run(tmp: Path) -> None:
-        if isinstance(config, FramesConfig):
-            result = crossval_frames(config, checkpoint_root=tmp / "checkpoints", console=console)
-            write_frames_report(tmp, result)
-        else:
-            result = crossval(config, checkpoint_root=tmp / "checkpoints", console=console)
-            write_report(tmp, result)
-        results.update(result.results)
-        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # only needed while running
-
-    try:
-        write_folder(out, run)
+        own_data = (
+            _dataset(data, images, masks, classes, ignore, nan_policy, _ints(background))
+            if own
+            else None
+        )
+        if not own and (classes or background or ignore is not None):
+            raise ValueError("--classes, --background and --ignore describe --images / --masks")
+        plan = prepare(config, own_data, source=str(data or images), console=console)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
-    for res in results.get("protocols", {"": results}).values():
-        print_summary(res, console)
+    from oodseg.report import print_summary
+
+    if not resume:
+        shutil.rmtree(partial, ignore_errors=True)
+    try:
+        results = crossval(config, partial, console=console, plan=plan)
+    except BaseException as e:
+        if partial.is_dir():
+            console.print(
+                f"[yellow]stopped: finished folds are kept in {partial}; run the same command "
+                "with --resume to continue[/]"
+            )
+        if isinstance(e, ValueError | FileNotFoundError):
+            console.print(f"[red]error:[/] {e}")
+            raise typer.Exit(2) from None
+        raise
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # only needed while running
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    partial.rename(out)
+    print_summary(results, console)
     console.print(f"results written to {out}/ (results.json, results.md, results.csv, figures)")
+
+
+def _ints(value: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in _csv(value) or ())
+    except ValueError:
+        raise ValueError(f"--background takes mask values (numbers), got {value!r}") from None
 
 
 def _dataset(
@@ -234,12 +283,15 @@ def _dataset(
     classes: str | None,
     ignore: int | None,
     nan_policy: str,
+    background: tuple[int, ...] = (),
 ) -> ImageDataset:
     """The data set of ``--data`` (a manifest) or of ``--images`` / ``--masks`` / ``--classes``."""
     if data is not None:
+        if images is not None or masks is not None or classes:
+            raise ValueError("give either --data, or --images / --masks / --classes, not both")
         dataset = load_manifest(data)
     elif images is not None and masks is not None and classes:
-        dataset = from_folders(images, masks, _csv(classes) or (), ignore)
+        dataset = from_folders(images, masks, _csv(classes) or (), ignore, background)
     else:
         raise ValueError("give --data MANIFEST.yaml, or --images DIR --masks DIR --classes a,b,c")
     return with_nan_policy(dataset, check_nan_policy(nan_policy))
@@ -273,17 +325,11 @@ def merge_command(
 @app.command("train")
 def train_command(
     out: Annotated[Path, typer.Option(help="Model bundle folder to write.")],
-    data: Annotated[Path | None, typer.Option(help="YAML manifest of the data set.")] = None,
-    images: Annotated[Path | None, typer.Option(help="Folder of images.")] = None,
-    masks: Annotated[
-        Path | None, typer.Option(help="Folder of sparse masks, matched to images by stem.")
-    ] = None,
-    classes: Annotated[
-        str | None, typer.Option(help="Comma-separated class names (mask values 1..K).")
-    ] = None,
-    ignore: Annotated[
-        int | None, typer.Option(help="Mask value that is neither a class nor unlabelled.")
-    ] = None,
+    data: Data = None,
+    images: Images = None,
+    masks: Masks = None,
+    classes: Classes = None,
+    ignore: Ignore = None,
     detector: Annotated[str, typer.Option(help="OOD detector stored with the model.")] = "gen",
     tpr: Tpr = 0.95,
     preset: Preset = "small",
@@ -291,9 +337,16 @@ def train_command(
     encoder_weights: EncoderWeights = None,
     epochs: Epochs = TrainConfig.epochs,
     patches_per_epoch: PatchesPerEpoch = TrainConfig.patches_per_epoch,
-    seed: Annotated[int, typer.Option(help="Seed of training and calibration.")] = 0,
+    batch_size: BatchSize = TrainConfig.batch_size,
+    lr: Lr = TrainConfig.lr,
+    patch: Patch = None,
+    seed: Seed = 0,
+    loss: Loss = "ce",
+    logitnorm_temperature: LogitnormTemperature = TrainConfig.logitnorm_temperature,
     nan_policy: NanPolicy = "error",
     device: Device = "auto",
+    precision: Precision = "32",
+    channels_last: ChannelsLast = False,
     devices: Annotated[
         int, typer.Option(help="Processes per node: GPUs, or CPU processes (gloo).")
     ] = 1,
@@ -308,31 +361,26 @@ def train_command(
 ) -> None:
     """Train a model on images with sparse masks and save it as a bundle (safetensors + JSON).
     Checkpoints go to a hidden folder beside --out (.NAME.checkpoints) until the bundle is saved."""
+    from oodseg.detectors import DETECTORS
+
     checkpoints = out.parent / f".{out.name}.checkpoints"
     try:
         _new_folder(out, overwrite)
         if resume and not (checkpoints / "last.ckpt").is_file():
             raise ValueError(f"nothing to resume: {checkpoints / 'last.ckpt'} does not exist")
+        if detector not in DETECTORS:
+            raise ValueError(f"unknown detector {detector!r}; choose from: {', '.join(DETECTORS)}")
+        if not 0 < tpr < 1:
+            raise ValueError(f"target TPR must be strictly between 0 and 1, got {tpr}")
+        config = _train_config(locals())
+        dataset = _dataset(data, images, masks, classes, ignore, nan_policy)
         if not resume:
             shutil.rmtree(checkpoints, ignore_errors=True)
-        dataset = _dataset(data, images, masks, classes, ignore, nan_policy)
-        config = TrainConfig(
-            epochs=epochs,
-            patches_per_epoch=patches_per_epoch,
-            seed=seed,
-            device=device,
-            devices=devices,
-            num_nodes=num_nodes,
-            strategy=strategy,
-        )
         bundle = train(
             dataset,
             detector=detector,
-            preset=preset,
-            features=features,
             tpr=tpr,
             config=config,
-            encoder_weights=encoder_weights,
             checkpoint_dir=checkpoints,
             resume=resume,
         )

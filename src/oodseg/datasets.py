@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def load_indian_pines() -> Scene:
 
 
 DATASETS: dict[str, Callable[[], Scene]] = {"indian_pines": load_indian_pines}
-FRAME_DATASETS = ("endoscapes",)
+FRAME_DATASETS = ("endoscapes",)  # read from a folder given with --data-root
 IGNORE_LABEL = 255  # "not annotated" in a frame mask: never a class, never OOD
 
 
@@ -127,19 +128,20 @@ ENDOSCAPES_CREDIT = (
 )
 
 
-def load_endoscapes(
+def endoscapes_items(
     root: str | Path,
     *,
     scale: float = 0.5,
     max_frames: int | None = None,
     splits: tuple[str, ...] = ENDOSCAPES_SPLITS,
-) -> FrameSet:
-    """Endoscapes-Seg50 from the official release layout under ``root``: ``{split}_seg/*.jpg``
-    frames, ``semseg/<frame>.png`` masks (one channel or three identical ones),
-    ``{split}_seg_vids.txt`` video lists and ``seg_label_map.txt``. Frames are resized by ``scale``
-    (bilinear; masks nearest); 255 and any value outside the label map become ``IGNORE_LABEL``.
-    ``max_frames`` keeps that many frames per split, spread evenly over its sorted names (a quick
-    run)."""
+) -> tuple[tuple[str, ...], list[tuple[str, str, Callable[[], tuple[np.ndarray, np.ndarray]]]]]:
+    """The class names and the frames of Endoscapes-Seg50 in the official release layout under
+    ``root`` (``{split}_seg/*.jpg`` frames, ``semseg/<frame>.png`` masks of one channel or three
+    identical ones, ``{split}_seg_vids.txt`` video lists, ``seg_label_map.txt``), as (name, split,
+    read) with ``read()`` giving the frame (H, W, 3) uint8 and its mask (H, W) uint8 resized by
+    ``scale`` (bilinear; masks nearest; 255 and any value outside the label map become
+    ``IGNORE_LABEL``). The layout is checked here; frames are read only when ``read`` is called.
+    ``max_frames`` keeps that many frames per split, spread evenly over its sorted names."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: Endoscapes folder not found (pass --data-root)")
@@ -150,8 +152,7 @@ def load_endoscapes(
         raise ValueError(
             f"{root / 'seg_label_map.txt'}: expected ids 0..K with 0 = background, got {names}"
         )
-    out: dict[str, list[Frame]] = {}
-    resolution = (0, 0)
+    found = []
     for split in splits:
         videos = _video_list(root / f"{split}_seg_vids.txt")
         files = sorted((root / f"{split}_seg").glob("*.jpg"))
@@ -166,16 +167,31 @@ def load_endoscapes(
             files = [
                 files[i] for i in np.linspace(0, len(files) - 1, max_frames).round().astype(int)
             ]
-        frames = []
-        for f in track(files, description=f"reading {split} frames", transient=True):
-            frames.append(_read_frame(f, root / "semseg" / f"{f.stem}.png", len(names) - 1, scale))
-        out[split] = frames
-        resolution = frames[0].mask.shape
+        for f in files:
+            mask = root / "semseg" / f"{f.stem}.png"
+            if not mask.is_file():
+                raise FileNotFoundError(f"{mask}: mask of frame {f.name} not found")
+            found.append((f.stem, split, partial(_read_frame, f, mask, len(names) - 1, scale)))
+    return tuple(names[i] for i in range(1, len(names))), found
+
+
+def load_endoscapes(
+    root: str | Path,
+    *,
+    scale: float = 0.5,
+    max_frames: int | None = None,
+    splits: tuple[str, ...] = ENDOSCAPES_SPLITS,
+) -> FrameSet:
+    """Endoscapes-Seg50 read whole into memory (see :func:`endoscapes_items`)."""
+    class_names, found = endoscapes_items(root, scale=scale, max_frames=max_frames, splits=splits)
+    out: dict[str, list[Frame]] = {s: [] for s in splits}
+    for name, split, read in track(found, description="reading frames", transient=True):
+        out[split].append(Frame(name, *read()))
     return FrameSet(
         name="endoscapes",
-        class_names=tuple(names[i] for i in range(1, len(names))),
+        class_names=class_names,
         splits=out,
-        resolution=resolution,
+        resolution=out[splits[-1]][0].mask.shape,
         credit=ENDOSCAPES_CREDIT,
     )
 
@@ -199,10 +215,10 @@ def _video_list(path: Path) -> set[str]:
     return {v.strip() for v in path.read_text().split() if v.strip()}
 
 
-def _read_frame(image_path: Path, mask_path: Path, num_classes: int, scale: float) -> Frame:
+def _read_frame(
+    image_path: Path, mask_path: Path, num_classes: int, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Read, check and resize one frame and its mask; errors name the file."""
-    if not mask_path.is_file():
-        raise FileNotFoundError(f"{mask_path}: mask of frame {image_path.name} not found")
     try:
         with Image.open(image_path) as im:
             image = im.convert("RGB")
@@ -225,7 +241,7 @@ def _read_frame(image_path: Path, mask_path: Path, num_classes: int, scale: floa
     if scale != 1:
         image = image.resize(size, Image.Resampling.BILINEAR)
         mask = np.array(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
-    return Frame(image_path.stem, np.asarray(image), mask)
+    return np.asarray(image), mask
 
 
 def load_dataset(name: str) -> Scene:
@@ -245,6 +261,7 @@ class BandNormaliser:
 
     @classmethod
     def fit(cls, cube: np.ndarray, region: np.ndarray) -> BandNormaliser:
+        """Mean and standard deviation of the pixels of ``region``."""
         pixels = cube[region].astype(np.float64)
         if len(pixels) == 0:
             raise ValueError("cannot fit the band normalisation on an empty training region")

@@ -17,6 +17,7 @@ public libraries computes them per pixel, hence our own implementations.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,6 +71,10 @@ class PixelOutputs:
         )
 
 
+class NotFittedError(ValueError):
+    """A detector that learns from training pixels was asked to score before it was fitted."""
+
+
 class Detector(ABC):
     """A per-pixel OOD detector."""
 
@@ -79,13 +84,33 @@ class Detector(ABC):
         """Learn from training pixels with class indices ``labels`` (P,); stateless by default."""
         return self
 
-    @abstractmethod
+    def is_fitted(self) -> bool:
+        """Whether :meth:`score` may be called (always, for a detector with nothing to learn)."""
+        return True
+
     def score(self, outputs: PixelOutputs) -> torch.Tensor:
         """ID-ness per pixel, shape (P,), float64."""
+        self._check_fitted()
+        return self._score(outputs)
+
+    @abstractmethod
+    def _score(self, outputs: PixelOutputs) -> torch.Tensor: ...
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted():
+            raise NotFittedError(
+                f"the {self.name} detector is not fitted: call fit (or partial_fit) on training "
+                "pixels first"
+            )
 
     def params(self) -> dict:
-        """The constructor's arguments (plain values: what a model bundle stores as JSON)."""
-        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+        """The constructor's arguments, read back from the attributes of the same names (plain
+        values: what a model bundle stores as JSON)."""
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        signature = inspect.signature(type(self).__init__).parameters.values()
+        return {
+            p.name: getattr(self, p.name) for p in signature if p.kind in kinds and p.name != "self"
+        }
 
     def fitted_state(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """The fitted state: the tensors and the numbers among the trailing-underscore attributes.
@@ -111,10 +136,11 @@ class Detector(ABC):
 
 
 class InputDetector(Detector):
-    """A detector that re-runs the network on a modified input (ODIN): it scores whole images."""
+    """A detector that re-runs the network on a modified input (ODIN): it scores whole images,
+    through :class:`oodseg.inference.Scorer`, which holds the network."""
 
-    def score(self, outputs: PixelOutputs) -> torch.Tensor:
-        raise TypeError(f"{self.name} needs the network and its input: call score_image")
+    def _score(self, outputs: PixelOutputs) -> torch.Tensor:
+        raise TypeError(f"{self.name} needs the network and its input: score it with a Scorer")
 
     @abstractmethod
     def score_image(self, net: nn.Module, image: torch.Tensor) -> torch.Tensor:
@@ -124,7 +150,7 @@ class InputDetector(Detector):
 class LogitDetector(Detector):
     """A detector that reads only the logits."""
 
-    def score(self, outputs: PixelOutputs) -> torch.Tensor:
+    def _score(self, outputs: PixelOutputs) -> torch.Tensor:
         return self.score_logits(outputs.logits.double())
 
     @abstractmethod
@@ -268,6 +294,9 @@ class StreamingDetector(Detector):
         self._refresh()
         return self
 
+    def is_fitted(self) -> bool:
+        return getattr(self, "n_seen_", 0) > 0
+
     def _start(self) -> None:
         self.n_seen_ = 0
 
@@ -324,7 +353,7 @@ class Mahalanobis(_ClassMomentsDetector):
 
     name = "mahalanobis"
 
-    def score(self, outputs: PixelOutputs) -> torch.Tensor:
+    def _score(self, outputs: PixelOutputs) -> torch.Tensor:
         d = _squared_distances(self._features(outputs), self.means_, self.precision_)
         return -d.min(dim=1).values
 
@@ -343,10 +372,10 @@ class RelativeMahalanobis(Mahalanobis):
         cov = self.second_ / n - torch.outer(self.background_mean_, self.background_mean_)
         self.background_precision_ = torch.linalg.inv(_oas(cov, n))
 
-    def score(self, outputs: PixelOutputs) -> torch.Tensor:
+    def _score(self, outputs: PixelOutputs) -> torch.Tensor:
         x = self._features(outputs)
         d0 = _squared_distances(x, self.background_mean_[None], self.background_precision_)[:, 0]
-        return super().score(outputs) + d0
+        return super()._score(outputs) + d0
 
 
 class _Reservoir:
@@ -414,20 +443,19 @@ class KNN(StreamingDetector):
 
     def _refresh(self) -> None:
         self.bank_ = self.reservoir_.balanced(self.bank_size)
-        self._restored()
+        self._tree = None  # built when first needed: streaming batches would rebuild it each time
 
-    def _restored(self) -> None:
-        self.tree_ = cKDTree(self.bank_.numpy()) if self.search == "kdtree" else None
-
-    def score(self, outputs: PixelOutputs) -> torch.Tensor:
+    def _score(self, outputs: PixelOutputs) -> torch.Tensor:
         if len(self.bank_) < self.k:
             raise ValueError(
                 f"the KNN bank holds {len(self.bank_)} training pixels, fewer than k = {self.k}: "
                 "lower k or annotate more pixels"
             )
         q = nn.functional.normalize(outputs.features.float(), dim=1)
-        if self.tree_ is not None:
-            dist, _ = self.tree_.query(q.numpy(), k=[self.k], workers=torch.get_num_threads())
+        if self.search == "kdtree":
+            if getattr(self, "_tree", None) is None:
+                self._tree = cKDTree(self.bank_.numpy())
+            dist, _ = self._tree.query(q.numpy(), k=[self.k], workers=torch.get_num_threads())
             return -(torch.from_numpy(dist[:, 0]) ** 2) / 2  # cos - 1 = -|a - b|^2 / 2
         kth = [(c @ self.bank_.T).topk(self.k, dim=1).values[:, -1] for c in q.split(self.chunk)]
         return torch.cat(kth).double() - 1
@@ -473,7 +501,7 @@ class ViM(StreamingDetector):
         residual = (sample[:, :-1] @ self.residual_basis_).norm(dim=1)
         self.alpha_ = float(sample[:, -1].mean() / residual.mean())
 
-    def score(self, outputs: PixelOutputs) -> torch.Tensor:
+    def _score(self, outputs: PixelOutputs) -> torch.Tensor:
         x = outputs.features.double() - self.origin_
         residual = (x @ self.residual_basis_).norm(dim=1)
         return torch.logsumexp(outputs.logits.double(), dim=1) - self.alpha_ * residual

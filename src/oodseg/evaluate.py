@@ -14,12 +14,10 @@ import numpy as np
 from rich.progress import track
 
 from oodseg.bundle import OOD_LABEL, Bundle
-from oodseg.crossval import FoldFigures
-from oodseg.crossval_frames import FramePanel
-from oodseg.datasets import IGNORE_LABEL
+from oodseg.engine import BACKGROUND
 from oodseg.manifest import ImageDataset, read_sample
-from oodseg.metrics import Curve, metrics_from_counts, segmentation_metrics, tie_groups
-from oodseg.report import overlay_rgb
+from oodseg.metrics import ScoreTally, ood_metrics, segmentation_from_confusion
+from oodseg.report import PanelView, rgb_view
 
 PANELS = 4
 
@@ -29,8 +27,8 @@ class Evaluation:
     """``results`` is what ``results.json`` holds; the rest feeds the figures."""
 
     results: dict
-    figures: FoldFigures
-    panels: list[FramePanel]
+    figures: dict[str, np.ndarray]  # threshold, fpr, tpr, id_scores, ood_scores
+    panels: list[PanelView]
 
 
 def evaluate(bundle: Bundle, data: ImageDataset, *, device: str = "cpu") -> Evaluation:
@@ -43,42 +41,44 @@ def evaluate(bundle: Bundle, data: ImageDataset, *, device: str = "cpu") -> Eval
             f"({', '.join(bundle.class_names)})"
         )
     k = len(bundle.class_names)
-    id_scores, ood_scores, truths, preds, per_image, panels = [], [], [], [], [], []
+    tally = ScoreTally(k, seed=0)  # streamed: one image in memory at a time
+    per_image, panels = [], []
     for item in track(items, description="evaluating", transient=True):
         sample = read_sample(data, item, bundle.bands)
         labels, scores = bundle.predict(sample.image, device=device, source=str(item.image))
         is_id = (sample.mask >= 1) & (sample.mask <= k)
         is_ood = sample.mask == k + 1
-        id_scores.append(scores[is_id].astype(np.float64))
-        ood_scores.append(scores[is_ood].astype(np.float64))
         scored = is_id | is_ood
-        truths.append(np.where(is_ood, k, sample.mask - 1)[scored])
-        preds.append(np.where(labels == OOD_LABEL, k, labels.astype(np.int64) - 1)[scored])
+        truth = np.where(is_ood, k, sample.mask - 1)[scored]
+        pred = np.where(labels == OOD_LABEL, k, labels.astype(np.int64) - 1)[scored]
+        tally.add(scores[is_id], scores[is_ood], truth, pred)
         row = {"image": item.name, "n_id": int(is_id.sum()), "n_ood": int(is_ood.sum())}
         row["id_kept"] = float((scores[is_id] >= bundle.threshold).mean()) if is_id.any() else None
         if is_id.any() and is_ood.any():
-            row |= metrics_from_counts(*tie_groups(id_scores[-1], ood_scores[-1]))
+            row |= ood_metrics(scores[is_id], scores[is_ood])
         per_image.append(row)
         if len(panels) < PANELS:
             panels.append(_panel(item.name, sample.image, sample.mask, labels, scores, bundle, k))
-    id_all, ood_all = np.concatenate(id_scores), np.concatenate(ood_scores)
-    truth, pred = np.concatenate(truths), np.concatenate(preds)
-    if not len(id_all):
+    cm = tally.confusion
+    n_id, n_ood = int(cm[:-1].sum()), int(cm[-1].sum())
+    if not n_id:
         raise ValueError("no annotated pixel of the model's classes in the evaluation masks")
     pooled = {
-        "n_id": len(id_all),
-        "n_ood": len(ood_all),
-        "id_kept": float((id_all >= bundle.threshold).mean()),
-        "id_accuracy": float((pred[truth < k] == truth[truth < k]).mean()),
+        "n_id": n_id,
+        "n_ood": n_ood,
+        "id_kept": float(cm[:-1, :-1].sum() / n_id),
+        "id_accuracy": float(np.trace(cm[:-1, :-1]) / n_id),
     }
     roc = (np.array([0.0, 1.0]), np.array([0.0, 1.0]))
-    if len(ood_all):
-        groups = tie_groups(id_all, ood_all)
-        pooled |= metrics_from_counts(*groups)
-        pooled["ood_recall"] = float((ood_all < bundle.threshold).mean())
-        seg = segmentation_metrics(truth, pred, k + 1)
-        pooled |= {"miou_k_plus_1": seg["miou"], "mdice_k_plus_1": seg["mdice"]}
-        curve = Curve.from_counts(*groups)
+    if n_ood:
+        ood, curve = tally.ood_result()
+        seg = segmentation_from_confusion(cm)
+        pooled |= ood
+        pooled |= {
+            "ood_recall": float(cm[-1, -1] / n_ood),
+            "miou_k_plus_1": seg["miou"],
+            "mdice_k_plus_1": seg["mdice"],
+        }
         roc = (curve.fpr, curve.tpr)
     results = {
         "kind": "evaluation",
@@ -90,12 +90,27 @@ def evaluate(bundle: Bundle, data: ImageDataset, *, device: str = "cpu") -> Eval
         "per_image": per_image,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    return Evaluation(results, FoldFigures(bundle.threshold, id_all, ood_all, roc), panels)
+    figures = {
+        "threshold": np.asarray(bundle.threshold),
+        "fpr": roc[0],
+        "tpr": roc[1],
+        "id_scores": tally.sample[0],
+        "ood_scores": tally.sample[1],
+    }
+    return Evaluation(results, figures, panels)
 
 
-def _panel(name, image, mask, labels, scores, bundle: Bundle, k: int) -> FramePanel:
-    """A panel in the frame panels' conventions: OOD truth as 0 (dotted), unlabelled as ignore."""
-    shown = np.where(mask == k + 1, 0, np.where(mask == 0, IGNORE_LABEL, mask)).astype(np.int64)
-    return FramePanel(
-        name, overlay_rgb(image), shown, labels.astype(np.int64), scores, bundle.threshold
+def _panel(name, image, mask, labels, scores, bundle: Bundle, k: int) -> PanelView:
+    """A panel: the classes' pixels as truth, the OOD truth outlined."""
+    truth = np.where(mask == k + 1, BACKGROUND, mask)
+    ood = mask == k + 1
+    return PanelView(
+        name,
+        rgb_view(image, None),
+        truth,
+        None,
+        labels.astype(np.int64),
+        scores,
+        bundle.threshold,
+        ood if ood.any() else None,
     )

@@ -35,7 +35,7 @@ NAN_POLICIES = ("error", "zero")
 def read_image(path: str | Path, variable: str | None = None) -> np.ndarray:
     """An (H, W, C) image; a 2-D image gets one channel. ``variable`` names the array inside a
     ``.mat`` / ``.npz`` / HDF5 file (default: the only, or else the largest, 2-D or 3-D array)."""
-    array = _read(Path(path), variable)
+    array = read_array(Path(path), variable)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3:
@@ -45,7 +45,7 @@ def read_image(path: str | Path, variable: str | None = None) -> np.ndarray:
 
 def read_mask(path: str | Path, variable: str | None = None) -> np.ndarray:
     """An (H, W) integer label map (a mask saved with three identical channels is accepted)."""
-    array = _read(Path(path), variable)
+    array = read_array(Path(path), variable)
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         if (array[..., :3] != array[..., :1]).any():
             raise ValueError(f"{path}: a mask's colour channels must be identical class ids")
@@ -79,7 +79,8 @@ def check_finite(image: np.ndarray, path: str | Path, policy: str = "error") -> 
     return np.where(bad, 0, image).astype(image.dtype)
 
 
-def _read(path: Path, variable: str | None) -> np.ndarray:
+def read_array(path: Path, variable: str | None = None) -> np.ndarray:
+    """The array stored in a file of any supported format, as stored (errors name the file)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     suffix = path.suffix.lower()

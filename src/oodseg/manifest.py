@@ -4,25 +4,40 @@ A manifest::
 
     classes: [tumour, vessel, fat]      # mask value k is classes[k - 1]; 0 = unlabelled
     ignore: 255                         # optional: a mask value that is neither (never scored)
-    ood: [9]                            # optional, for evaluation: mask values that are OOD truth
+    background: [0]                     # optional: mask values of known non-class pixels (OOD
+                                        #   truth; ``ood`` is a synonym); 0 may be one of them
     variable: cube                      # optional: the array's name in .mat / .npz / HDF5 files
     mask_variable: labels               # optional: the same for the masks
     images:                             # paths relative to the manifest
       - {image: scans/a.hdr, mask: masks/a.png}
-      - {image: scans/b.mat, mask: masks/b.png, split: val}   # optional split: train / val / test
+      - {image: scans/b.mat, mask: masks/b.png, split: val, group: patient2}
+
+Colour masks instead of index masks: ``palette`` maps every class name, and any name listed under
+``background``, to an RGB colour (``unlabelled`` and ``ignore`` are also accepted as names)::
+
+    classes: [tumour, vessel]
+    background: [healthy]
+    palette: {tumour: [255, 0, 0], vessel: [0, 0, 255], healthy: [0, 255, 0], unlabelled: [0, 0, 0]}
+    palette_tolerance: 80               # JPEG masks: nearest colour within this RGB distance
+
+A lossless mask (PNG, TIFF, ...) must hold palette colours only; in a JPEG mask each pixel snaps to
+the nearest palette colour within ``palette_tolerance`` and farther pixels become ignore (both
+counted and reported).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from oodseg.io import IMAGE_SUFFIXES, check_finite, read_image, read_mask
+from oodseg.io import IMAGE_SUFFIXES, check_finite, read_array, read_image, read_mask
 
 SPLITS = ("train", "val", "test")
+LOSSY_MASKS = (".jpg", ".jpeg")
+PALETTE_TOLERANCE = 80.0  # RGB distance; JPEG chroma subsampling moves edge colours that far
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,8 @@ class Item:
     image: Path
     mask: Path | None
     split: str = "train"
+    split_given: bool = False  # the manifest gave the split (else "train" by default)
+    group: str | None = None  # images of one group (a video, a patient) are split together
 
 
 @dataclass(frozen=True)
@@ -45,7 +62,14 @@ class ImageDataset:
     variable: str | None = None
     mask_variable: str | None = None
     nan_policy: str = "error"
-    ood: tuple[int, ...] = ()  # mask values that are known OOD (evaluation only)
+    ood: tuple[int, ...] = ()  # mask values of known non-class pixels: background, OOD truth
+    palette: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # colour masks
+    palette_tolerance: float = PALETTE_TOLERANCE
+    colour_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # per colour mask read
+
+    def colour_summary(self) -> dict[str, int]:
+        """Pixels snapped to a palette colour and pixels ignored, over the colour masks read."""
+        return {k: sum(c[k] for c in self.colour_counts.values()) for k in ("snapped", "ignored")}
 
     def split(self, name: str) -> tuple[Item, ...]:
         return tuple(i for i in self.items if i.split == name)
@@ -82,18 +106,75 @@ def load_manifest(path: str | Path) -> ImageDataset:
             raise ValueError(f"{path}: images[{i}] has split {split!r}; use one of {SPLITS}")
         image = path.parent / entry["image"]
         mask = path.parent / entry["mask"] if entry.get("mask") else None
-        items.append(Item(entry.get("name", _stem(image)), image, mask, split))
+        group = entry.get("group", entry.get("video"))
+        items.append(
+            Item(
+                entry.get("name", _stem(image)),
+                image,
+                mask,
+                split,
+                "split" in entry,
+                None if group is None else str(group),
+            )
+        )
+    classes = tuple(str(c) for c in spec["classes"] or [])
+    background = list(spec.get("background", []) or []) + list(spec.get("ood", []) or [])
+    palette = _palette(spec.get("palette"), classes, background, path)
+    if palette:
+        ood = (len(classes) + 1,) if background else ()  # every background colour: one value
+    else:
+        if any(not isinstance(v, int) for v in background):
+            raise ValueError(
+                f"{path}: background / ood values must be mask numbers (names need a palette), "
+                f"got {background}"
+            )
+        ood = tuple(background)
     return _checked(
         ImageDataset(
-            tuple(str(c) for c in spec["classes"]),
+            classes,
             tuple(items),
             spec.get("ignore"),
             spec.get("variable"),
             spec.get("mask_variable"),
-            ood=tuple(int(v) for v in spec.get("ood", []) or []),
+            ood=ood,
+            palette=palette,
+            palette_tolerance=float(spec.get("palette_tolerance", PALETTE_TOLERANCE)),
         ),
         path,
     )
+
+
+def _palette(
+    spec: object, classes: tuple[str, ...], background: list, path: Path
+) -> dict[str, tuple[int, int, int]]:
+    """The manifest's colour map, checked: every name known, every colour three values 0..255,
+    no colour twice, every class coloured."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: 'palette' must map names to [r, g, b] colours")
+    known = {*classes, *map(str, background), "unlabelled", "ignore"}
+    palette = {}
+    for name, colour in spec.items():
+        if str(name) not in known:
+            raise ValueError(
+                f"{path}: palette colour {colour} is named {name!r}, which is no class, no "
+                "background name (list it under 'background'), nor unlabelled / ignore"
+            )
+        if (
+            not isinstance(colour, list | tuple)
+            or len(colour) != 3
+            or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour)
+        ):
+            raise ValueError(f"{path}: palette colour of {name!r} must be [r, g, b] in 0..255")
+        palette[str(name)] = tuple(colour)
+    repeated = {c for c in palette.values() if list(palette.values()).count(c) > 1}
+    if repeated:
+        raise ValueError(f"{path}: palette colours repeat: {sorted(repeated)}")
+    missing = [c for c in (*classes, *map(str, background)) if c not in palette]
+    if missing:
+        raise ValueError(f"{path}: no palette colour for {', '.join(missing)}")
+    return palette
 
 
 def from_folders(
@@ -101,9 +182,11 @@ def from_folders(
     masks: str | Path | None,
     class_names: tuple[str, ...],
     ignore: int | None = None,
+    background: tuple[int, ...] = (),
 ) -> ImageDataset:
     """Images in one folder and masks in another, matched by file stem (masks may be None when
-    only predicting). An image without a mask, or a mask without an image, is an error."""
+    only predicting); ``background``: mask values of known non-class pixels. An image without a
+    mask, or a mask without an image, is an error."""
     images = Path(images)
     found = image_files(images)
     items = []
@@ -118,7 +201,9 @@ def from_folders(
         items = [Item(_stem(f), f, by_stem[_stem(f)]) for f in found]
     else:
         items = [Item(_stem(f), f, None) for f in found]
-    return _checked(ImageDataset(tuple(class_names), tuple(items), ignore), images)
+    return _checked(
+        ImageDataset(tuple(class_names), tuple(items), ignore, ood=tuple(background)), images
+    )
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -148,9 +233,11 @@ def _checked(data: ImageDataset, source: Path) -> ImageDataset:
         raise ValueError(f"{source}: no image listed")
     if data.ignore is not None and 0 <= data.ignore <= len(data.class_names):
         raise ValueError(f"{source}: the ignore value {data.ignore} is also a class or unlabelled")
-    clash = [v for v in data.ood if 0 <= v <= len(data.class_names) or v == data.ignore]
-    if clash:
-        raise ValueError(f"{source}: the ood values {clash} are also a class, unlabelled or ignore")
+    clash = [v for v in data.ood if 1 <= v <= len(data.class_names) or v == data.ignore]
+    if clash and not data.palette:
+        raise ValueError(
+            f"{source}: the background / ood values {clash} are also a class or the ignore value"
+        )
     return data
 
 
@@ -164,7 +251,11 @@ def read_sample(data: ImageDataset, item: Item, bands: int | None = None) -> Sam
         )
     mask = np.zeros(image.shape[:2], np.int64)
     if item.mask is not None:
-        mask = read_mask(item.mask, data.mask_variable)
+        mask = (
+            _colour_mask(data, item.mask)
+            if data.palette
+            else read_mask(item.mask, data.mask_variable)
+        )
         if mask.shape != image.shape[:2]:
             raise ValueError(
                 f"{item.mask}: mask is {mask.shape[0]}x{mask.shape[1]}, image {item.image.name} is "
@@ -183,6 +274,46 @@ def read_sample(data: ImageDataset, item: Item, bands: int | None = None) -> Sam
             )
         mask = np.where(ood, k + 1, mask)
     return Sample(item.name, image.astype(np.float32), mask)
+
+
+def _colour_mask(data: ImageDataset, path: Path) -> np.ndarray:
+    """An index mask from a colour mask through the palette (see the module's docstring)."""
+    rgb = np.asarray(read_array(path, data.mask_variable))
+    if rgb.ndim != 3 or rgb.shape[-1] not in (3, 4):
+        raise ValueError(f"{path}: a palette needs colour (RGB) masks, got shape {rgb.shape}")
+    rgb = rgb[..., :3].astype(np.int64)
+    k = len(data.class_names)
+    names = list(data.palette)
+    value = np.array(
+        [
+            data.class_names.index(n) + 1
+            if n in data.class_names
+            else 0  # unlabelled and ignore alike: never annotated, never scored
+            if n in ("unlabelled", "ignore")
+            else k + 1
+            for n in names
+        ]
+    )
+    colours = np.array([data.palette[n] for n in names])
+    flat = rgb.reshape(-1, 3)
+    # Each distinct colour once: a mask has few colours, JPEG noise a few thousand at most.
+    distinct, inverse = np.unique(flat, axis=0, return_inverse=True)
+    d = np.sqrt(((distinct[:, None, :] - colours[None]) ** 2).sum(-1))
+    nearest, dist = d.argmin(1), d.min(1)
+    exact, near = dist == 0, dist <= data.palette_tolerance
+    per_pixel = np.bincount(inverse.ravel(), minlength=len(distinct))
+    if path.suffix.lower() not in LOSSY_MASKS and not exact.all():
+        bad = distinct[~exact][np.argmax(per_pixel[~exact])]
+        raise ValueError(
+            f"{path}: unknown colour {bad.tolist()} on {int(per_pixel[~exact].sum())} pixels: "
+            "a lossless mask must hold palette colours only"
+        )
+    data.colour_counts[str(path)] = {
+        "snapped": int(per_pixel[near & ~exact].sum()),
+        "ignored": int(per_pixel[~near].sum()),
+    }
+    out = np.where(near, value[nearest], 0)
+    return out[inverse.ravel()].reshape(rgb.shape[:2])
 
 
 def read_all(data: ImageDataset, split: str = "train", bands: int | None = None) -> list[Sample]:

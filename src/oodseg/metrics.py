@@ -153,6 +153,65 @@ class ScoreHistogram:
         return {**result, "auroc_error_bound": 0.5 * shared}
 
 
+EXACT_LIMIT = 10_000_000  # scored pixels kept for exact metrics before the histogram takes over
+FIGURE_SAMPLE = 200_000  # scores kept per side for histogram figures (seeded, uniform)
+
+
+class ScoreTally:
+    """One detector's test results, streamed image by image: ID / OOD scores (exact up to
+    :data:`EXACT_LIMIT` pixels, then a :class:`ScoreHistogram`), a seeded subsample for the
+    histograms, the K+1 confusion matrix and per-image AUROCs."""
+
+    def __init__(self, k: int, seed: int):
+        self.k = k
+        self.exact: tuple[list, list] | None = ([], [])
+        self.histogram: ScoreHistogram | None = None
+        self.n = 0
+        self.confusion = np.zeros((k + 1, k + 1), np.int64)
+        self.per_image: list[float] = []
+        self.sample = [np.zeros(0, np.float32), np.zeros(0, np.float32)]
+        self.keys = [np.zeros(0), np.zeros(0)]
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, id_s: np.ndarray, ood_s: np.ndarray, truth: np.ndarray, pred: np.ndarray):
+        self.confusion += confusion_matrix(truth, pred, self.k + 1)
+        if len(id_s) and len(ood_s):
+            self.per_image.append(ood_metrics(id_s, ood_s)["auroc"])
+        self.n += len(id_s) + len(ood_s)
+        if self.exact is not None:
+            self.exact[0].append(id_s.astype(np.float32))
+            self.exact[1].append(ood_s.astype(np.float32))
+            if self.n > EXACT_LIMIT:
+                self.histogram = ScoreHistogram()
+                self.histogram.update(np.concatenate(self.exact[0]), np.concatenate(self.exact[1]))
+                self.exact = None
+        else:
+            self.histogram.update(id_s, ood_s)
+        for side, s in enumerate((id_s, ood_s)):
+            keys = np.r_[self.keys[side], self.rng.random(len(s))]
+            values = np.r_[self.sample[side], s.astype(np.float32)]
+            if len(keys) > FIGURE_SAMPLE:
+                keep = np.argpartition(keys, FIGURE_SAMPLE)[:FIGURE_SAMPLE]
+                keys, values = keys[keep], values[keep]
+            self.keys[side], self.sample[side] = keys, values
+
+    def groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """ID and OOD counts per group of tied scores, highest first (bins beyond the limit)."""
+        if self.exact is not None:
+            return tie_groups(np.concatenate(self.exact[0]), np.concatenate(self.exact[1]))
+        used = (self.histogram.id_counts_ + self.histogram.ood_counts_) > 0
+        return self.histogram.id_counts_[used][::-1], self.histogram.ood_counts_[used][::-1]
+
+    def ood_result(self) -> tuple[dict, Curve]:
+        """The separation metrics, with the AUROC error bound where the histogram was taken."""
+        groups = self.groups()
+        result = metrics_from_counts(*groups)
+        result["auroc_error_bound"] = (
+            0.0 if self.exact is not None else self.histogram.compute()["auroc_error_bound"]
+        )
+        return result, Curve.from_counts(*groups)
+
+
 def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     """(num_classes, num_classes) counts, rows = truth."""
     truth, pred = np.asarray(truth, np.int64).ravel(), np.asarray(pred, np.int64).ravel()
@@ -166,7 +225,13 @@ def segmentation_metrics(
 ) -> dict[str, np.ndarray | float]:
     """Per-class IoU and Dice (NaN for a class in neither map), their means over the classes present,
     and overall accuracy."""
-    cm = confusion_matrix(truth, pred, num_classes).astype(np.float64)
+    return segmentation_from_confusion(confusion_matrix(truth, pred, num_classes))
+
+
+def segmentation_from_confusion(confusion: np.ndarray) -> dict[str, np.ndarray | float]:
+    """:func:`segmentation_metrics` from a confusion matrix (rows = truth), so that it can be
+    accumulated image by image."""
+    cm = np.asarray(confusion, np.float64)
     tp = np.diag(cm)
     in_truth, in_pred = cm.sum(axis=1), cm.sum(axis=0)
     union = in_truth + in_pred - tp

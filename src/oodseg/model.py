@@ -57,8 +57,10 @@ class Segmenter(nn.Module):
         last_channels: int,
         num_classes: int,
         taps: Sequence[tuple[nn.Module, int]] = (),
+        preset: str = "small",
     ):
         super().__init__()
+        self.preset = preset  # the preset it was built from (its input divisor)
         self.backbone = backbone
         self._tapped: list[torch.Tensor] = []
         for module, _ in taps:
@@ -87,7 +89,7 @@ def build_network(
     num_classes: int,
     *,
     features: str = "last",
-    encoder_weights: Path | None = None,
+    encoder_weights: str | Path | None = None,
 ) -> Segmenter:
     """The network of a preset. ``features``: ``last`` (the decoder's last map) or ``hypercolumn``
     (every decoder stage). ``encoder_weights`` (reference preset only) is a local safetensors or
@@ -114,7 +116,7 @@ def build_network(
         )
         net.final_conv = nn.Identity()
         taps = [(net.upcat_4, fea[3]), (net.upcat_3, fea[2]), (net.upcat_2, fea[1])]
-        return Segmenter(net, fea[5], num_classes, taps if hypercolumn else ())
+        return Segmenter(net, fea[5], num_classes, taps if hypercolumn else (), preset)
     decoder_channels = (256, 128, 64, 32, 16)
     net = FlexibleUNet(
         in_channels=in_channels,
@@ -127,7 +129,7 @@ def build_network(
     if encoder_weights is not None:
         load_matching_weights(net.encoder, encoder_weights)
     taps = list(zip(net.decoder.blocks[:-1], decoder_channels[:-1], strict=True))
-    return Segmenter(net, decoder_channels[-1], num_classes, taps if hypercolumn else ())
+    return Segmenter(net, decoder_channels[-1], num_classes, taps if hypercolumn else (), preset)
 
 
 def load_matching_weights(module: nn.Module, path: Path) -> int:

@@ -1,11 +1,15 @@
-"""Report: results.json / .md / .csv, figures, and the console summary of a run (one scene or a
-frame data set)."""
+"""Report: each fold's results and panels as the fold ends, then ``results.json`` / ``.md`` /
+``.csv``, ROC curves and score histograms per protocol, the console summary, and a self-contained
+HTML page; the same for a model's evaluation and for predictions."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,14 +18,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from oodseg.crossval import METRICS, CrossvalResult, FoldFigures  # noqa: E402
-from oodseg.crossval_frames import FramePanel, FramesResult  # noqa: E402
-from oodseg.datasets import IGNORE_LABEL  # noqa: E402
+from oodseg.engine import BACKGROUND, Collection, FoldResult  # noqa: E402
 from oodseg.io import atomic_path  # noqa: E402
+from oodseg.results import METRICS, assemble  # noqa: E402
 
 if TYPE_CHECKING:  # annotations only: evaluate draws with this module's helpers
     from oodseg.bundle import Bundle
@@ -37,37 +39,191 @@ LABELS = {
     "id_accuracy": "ID acc.",
     "closed_set_accuracy": "closed-set acc.",
     "ood_recall": "OOD recall",
+    "test_tpr": "test TPR",
+    "balanced_accuracy": "bal. acc.",
     "miou_k_plus_1": "mIoU (K+1)",
     "mdice_k_plus_1": "mDice (K+1)",
 }
 SUMMARY_METRICS = tuple(m for m in METRICS if m != "threshold")
 CONSOLE_METRICS = (
     "auroc",
-    "aupr_in",
-    "aupr_out",
     "fpr95",
     "id_accuracy",
+    "test_tpr",
     "ood_recall",
     "miou_k_plus_1",
 )
 FOLD_TABLES = ("auroc", "fpr95", "id_accuracy", "ood_recall", "miou_k_plus_1")
-PANEL_FOLDS = 3
+BASELINE_METRICS = (
+    "auroc",
+    "fpr95",
+    "id_accuracy",
+    "ood_recall",
+    "miou_k_plus_1",
+    "mdice_k_plus_1",
+)
+_FIGURE_FIELDS = ("threshold", "fpr", "tpr", "id_scores", "ood_scores")
 
 
-def write_report(out: Path, result: CrossvalResult) -> None:
-    """Write every output of a run into the folder ``out`` (which must exist)."""
-    res = result.results
+@dataclass
+class PanelView:
+    """One image as a panel draws it: RGB (H, W, 3) in [0, 1], masks in the data set's ids."""
+
+    title: str
+    rgb: np.ndarray
+    truth: np.ndarray  # class ids, BACKGROUND, 0 = not scored
+    annotated: np.ndarray | None  # strokes (class ids), 0 elsewhere
+    prediction: np.ndarray  # class ids, 0 = OOD
+    score_map: np.ndarray
+    threshold: float
+    outline: np.ndarray | None = None  # the OOD truth to outline (held-out class, background)
+
+
+def _stem(order: int, key: str) -> str:
+    return f"{order:02d}-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in key)
+
+
+def write_fold(
+    out: Path,
+    order: int,
+    result: FoldResult | dict,
+    *,
+    collection: Collection | None = None,
+    seconds: float = 0.0,
+) -> None:
+    """A finished fold (or baseline, a dict) into ``out/folds``: its rows (JSON), its figure
+    data (NPZ, arrays only: read back without unpickling) and its panels (PNG, in ``out``)."""
+    folds = out / "folds"
+    folds.mkdir(parents=True, exist_ok=True)
+    if isinstance(result, dict):
+        record = {"order": order, "seconds": seconds, **result}
+        stem = _stem(order, "baseline-fully_supervised")
+    else:
+        from oodseg.crossval import left_out
+
+        fold = result.fold
+        names = [collection.class_names[c - 1] for c in fold.known]
+        record = {
+            "order": order,
+            "seconds": seconds,
+            "fold": {
+                "protocol": fold.protocol,
+                "name": fold.name,
+                "known": names,
+                "left_out": left_out(collection, fold),
+            },
+            "rows": result.rows,
+            "closed_set": result.closed_set,
+        }
+        stem = _stem(order, fold.key)
+        arrays = {
+            f"{det}|{name}": np.asarray(value)
+            for det, fig in result.figures.items()
+            for name, value in fig.items()
+        }
+        with atomic_path(folds / f"{stem}.npz") as tmp:
+            np.savez_compressed(tmp, **arrays)
+        if result.panels:
+            views = [_panel_view(collection, fold, p) for p in result.panels]
+            det = result.rows[0]["detector"]
+            title = f"{collection.name}, {fold.protocol}: OOD = {fold.name}"
+            plot_panels(views, collection.class_names, det, title, out / f"panel_{stem}.png")
+    with atomic_path(folds / f"{stem}.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+
+
+def _panel_view(collection: Collection, fold, panel) -> PanelView:
+    s = collection.load(panel.sample)
+    ood = np.isin(s.truth, fold.ood)
+    return PanelView(
+        s.name,
+        rgb_view(s.image, collection.rgb_bands),
+        s.truth,
+        s.train + s.calibration,
+        panel.prediction,
+        panel.score_map,
+        panel.threshold,
+        ood if ood.any() else None,
+    )
+
+
+def load_fold_files(folder: Path) -> list[dict]:
+    """The fold records written by :func:`write_fold` (none for a new folder)."""
+    return [json.loads(p.read_text()) for p in sorted((folder / "folds").glob("*.json"))]
+
+
+def _figure_data(folder: Path) -> dict[str, list[dict]]:
+    """Per protocol, per fold: the figure arrays of each detector."""
+    out: dict[str, list[dict]] = {}
+    for record in load_fold_files(folder):
+        if "fold" not in record:
+            continue
+        path = folder / "folds" / f"{_stem(record['order'], _key(record))}.npz"
+        figures: dict[str, dict] = {}
+        with np.load(path, allow_pickle=False) as z:
+            for key in z.files:
+                det, name = key.split("|")
+                figures.setdefault(det, {})[name] = z[key]
+        out.setdefault(record["fold"]["protocol"], []).append(figures)
+    return out
+
+
+def _key(record: dict) -> str:
+    return f"{record['fold']['protocol']}-{record['fold']['name']}"
+
+
+def write_run(out: Path, res: dict) -> None:
+    """``results.json`` / ``.md`` / ``.csv`` and, per protocol, the ROC curves and the score
+    histograms of every fold, drawn from the fold files."""
     (out / "results.json").write_text(json.dumps(res, indent=2))
     (out / "results.md").write_text(markdown(res))
     (out / "results.csv").write_text(csv_table(res))
-    plot_roc(result, out / "roc.png")
-    plot_histograms(result, out / "histograms.png")
-    save_figure_data(result.folds, out / "figures.npz")
-    # Panels for the folds with the most OOD pixels: where the score map is most telling.
-    by_size = sorted(result.folds, key=lambda f: -len(next(iter(f["figures"].values())).ood_scores))
-    for fold in by_size[:PANEL_FOLDS]:
-        name = result.scene.class_names[fold["held_out"] - 1]
-        plot_panel(result, fold, out / f"panel_{fold['held_out']:02d}_{name}.png")
+    data = _figure_data(out)
+    for protocol, sub in res["protocols"].items():
+        if protocol not in data:
+            continue
+        title = f"{res['dataset']}, {protocol}"
+        aurocs = {d: _fmt(s, "auroc") for d, s in sub["summary"].items()}
+        plot_roc(data[protocol], aurocs, title, out / f"roc_{protocol}.png")
+        plot_histograms(data[protocol], title, out / f"histograms_{protocol}.png")
+
+
+def write_merged(out: Path, runs: Sequence[Path]) -> dict:
+    """Fold jobs' output folders merged into one run: the fold files copied, then the tables
+    and figures drawn as for one run."""
+    from oodseg.crossval import merge
+
+    headers, records = [], []
+    for run in runs:
+        path = run / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not a crossval output folder")
+        headers.append(json.loads(path.read_text()))
+        records += [(run, r) for r in load_fold_files(run)]
+    header = merge(headers)
+    orders = [r["order"] for _, r in records]
+    repeated = sorted({o + 1 for o in orders if orders.count(o) > 1})
+    if repeated:
+        raise ValueError(f"fold job {', '.join(map(str, repeated))} appears in several runs")
+    (out / "folds").mkdir()
+    for run, record in records:
+        for f in (run / "folds").glob(f"{record['order']:02d}-*"):
+            shutil.copy(f, out / "folds" / f.name)
+        for f in run.glob(f"panel_{record['order']:02d}-*.png"):
+            shutil.copy(f, out / f.name)
+    skipped = [
+        {"protocol": p, **s}
+        for h in headers
+        for p, sub in h["protocols"].items()
+        for s in sub["skipped_folds"]
+    ]
+    unique = [s for i, s in enumerate(skipped) if s not in skipped[:i]]
+    header = {k: v for k, v in header.items() if k not in ("protocols", "baselines")}
+    header["seconds"] = round(sum(h["seconds"] for h in headers), 1)
+    header["merged_from"] = len(runs)
+    res = assemble(header, load_fold_files(out), unique)
+    write_run(out, res)
+    return res
 
 
 def _fmt(summary: dict, metric: str) -> str:
@@ -75,39 +231,69 @@ def _fmt(summary: dict, metric: str) -> str:
 
 
 def markdown(res: dict) -> str:
-    """The summary (mean ± std over folds) and per-fold tables, in Markdown."""
-    detectors = list(res["summary"])
-    n_folds = len({r["held_out"] for r in res["folds"]})
-    folds = f"{n_folds} fold" + ("s" if n_folds != 1 else "")
+    """The set-up, the baselines next to the method, then per protocol the summary (mean ± std
+    over folds) and the per-fold tables."""
+    cfg = res["config"]
+    t = cfg["train"]
     lines = [
-        "# "
-        + res.get(
-            "title", f"Held-out-class cross-validation: {res['dataset']}, split `{res['split']}`"
-        ),
+        f"# {res['dataset']}: open-set segmentation from sparse annotations",
         "",
-        f"Protocol: {res['protocol']}. Network: {res['config']['network']}. "
-        f"Threshold at TPR {res['config']['tpr']} on calibration pixels. {folds}"
-        + (f", {res['seconds']:.0f} s on {res['machine']}." if "seconds" in res else "."),
-        "",
-        f"## Mean ± std over {folds}",
-        "",
-        "| detector | " + " | ".join(LABELS[m] for m in SUMMARY_METRICS) + " |",
-        "|---" * (len(SUMMARY_METRICS) + 1) + "|",
+        f"{res['description']}. Network: {cfg['network']}, {t['epochs']} epochs x "
+        f"{t['patches_per_epoch']} patches; threshold at TPR {cfg['tpr']} of the calibration "
+        f"annotations. Annotated pixels: "
+        + ", ".join(f"{k} {v}" for k, v in res["annotated_pixels"].items())
+        + (f"; {res['seconds']:.0f} s on {res['machine']}." if "seconds" in res else "."),
     ]
-    lines += [
-        f"| {d} | " + " | ".join(_fmt(res["summary"][d], m) for m in SUMMARY_METRICS) + " |"
-        for d in detectors
-    ]
-    for metric in FOLD_TABLES:
+    if res.get("credit"):
+        lines += ["", f"Data: {res['credit']}"]
+    if res.get("colour_masks"):
         lines += [
             "",
-            f"## {LABELS[metric]} per fold",
-            "",
-            "| held out | " + " | ".join(detectors) + " |",
+            "Colour masks: "
+            + ", ".join(f"{v} pixels {k}" for k, v in res["colour_masks"].items())
+            + " (JPEG noise snapped to the nearest palette colour; farther pixels ignored).",
         ]
+    if res["baselines"]:
+        lines += ["", "## Background as OOD: baselines next to the method", ""]
+        lines += ["| method | " + " | ".join(LABELS[m] for m in BASELINE_METRICS) + " |"]
+        lines.append("|---" * (len(BASELINE_METRICS) + 1) + "|")
+        rows = list(res["baselines"])
+        if "background" in res["protocols"]:
+            for det, s in res["protocols"]["background"]["summary"].items():
+                rows.insert(-1, {"method": f"OOD-SEG, {det}", **{m: s[m]["mean"] for m in s}})
+        for r in rows:
+            cells = ["—" if r.get(m) is None else f"{r[m]:.3f}" for m in BASELINE_METRICS]
+            lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    for protocol, sub in res["protocols"].items():
+        lines += ["", _protocol_markdown(protocol, sub)]
+    return "\n".join(lines) + "\n"
+
+
+PROTOCOL_TITLES = {
+    "loco": "Leave one class out: ID = the known classes' test pixels, OOD = the held-out class's",
+    "background": "Background as OOD: ID = the classes' test pixels, OOD = the background's",
+}
+
+
+def _protocol_markdown(protocol: str, sub: dict) -> str:
+    detectors = list(sub["summary"])
+    n_folds = len({r["held_out"] for r in sub["folds"]})
+    folds = f"{n_folds} fold" + ("s" if n_folds != 1 else "")
+    lines = [f"## {PROTOCOL_TITLES[protocol]}", ""]
+    if detectors:
+        lines += [f"### Mean ± std over {folds}", ""]
+        lines += ["| detector | " + " | ".join(LABELS[m] for m in SUMMARY_METRICS) + " |"]
+        lines.append("|---" * (len(SUMMARY_METRICS) + 1) + "|")
+        lines += [
+            f"| {d} | " + " | ".join(_fmt(sub["summary"][d], m) for m in SUMMARY_METRICS) + " |"
+            for d in detectors
+        ]
+    for metric in FOLD_TABLES if n_folds > 1 else ():
+        lines += ["", f"### {LABELS[metric]} per fold", ""]
+        lines += ["| held out | " + " | ".join(detectors) + " |"]
         lines.append("|---" * (len(detectors) + 1) + "|")
         by_fold: dict[str, dict[str, float]] = {}
-        for r in res["folds"]:
+        for r in sub["folds"]:
             by_fold.setdefault(r["held_out"], {})[r["detector"]] = r[metric]
         lines += [
             f"| {f} | " + " | ".join(f"{v[d]:.3f}" for d in detectors) + " |"
@@ -115,61 +301,56 @@ def markdown(res: dict) -> str:
         ]
         lines.append(
             "| **mean ± std** | "
-            + " | ".join(_fmt(res["summary"][d], metric) for d in detectors)
+            + " | ".join(_fmt(sub["summary"][d], metric) for d in detectors)
             + " |"
         )
-    cost: dict[str, list[float]] = {}
-    for r in res["folds"]:
-        cost.setdefault(r["detector"], []).append(r["detector_seconds"])
-    lines += ["", "## Detector cost (fit + score of the whole image, mean per fold)", ""]
-    lines += ["| detector | seconds |", "|---|---|"]
-    lines += [f"| {d} | {np.mean(v):.3f} |" for d, v in cost.items()]
-    if res["skipped_folds"]:
+    if sub["folds"]:
+        cost: dict[str, list[float]] = {}
+        for r in sub["folds"]:
+            cost.setdefault(r["detector"], []).append(r["detector_seconds"])
+        lines += ["", "### Detector cost (fit + score, seconds per fold)", ""]
+        lines += ["| detector | seconds |", "|---|---|"]
+        lines += [f"| {d} | {np.mean(v):.3f} |" for d, v in cost.items()]
+    if sub["skipped_folds"]:
         lines += [
             "",
             "Skipped folds: "
-            + "; ".join(f"{s['held_out']} ({s['reason']})" for s in res["skipped_folds"]),
+            + "; ".join(f"{s['held_out']} ({s['reason']})" for s in sub["skipped_folds"]),
         ]
-    if res["left_out_classes"]:
+    if sub["left_out_classes"]:
         lines += [
             "",
             "Classes left out of a fold (test pixels but no training annotation): "
-            + "; ".join(f"fold {k}: {', '.join(v)}" for k, v in res["left_out_classes"].items()),
+            + "; ".join(f"fold {k}: {', '.join(v)}" for k, v in sub["left_out_classes"].items()),
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def csv_table(res: dict) -> str:
-    """One row per fold and detector, then a mean and a std row per detector; for a frame data set,
-    a first column names each row's protocol."""
+    """One row per protocol, fold and detector, then a mean and a std row per detector."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    protocols = res.get("protocols", {"": res})
-    lead = ["protocol"] if "protocols" in res else []
-    writer.writerow([*lead, "held_out", "detector", *METRICS])
-    for name, sub in protocols.items():
-        lead = [name] if name else []
+    writer.writerow(["protocol", "held_out", "detector", *METRICS])
+    for name, sub in res["protocols"].items():
         for r in sub["folds"]:
-            writer.writerow(
-                [*lead, r["held_out"], r["detector"], *(f"{r[m]:.6g}" for m in METRICS)]
-            )
+            writer.writerow([name, r["held_out"], r["detector"], *(f"{r[m]:.6g}" for m in METRICS)])
         for stat in ("mean", "std"):
             for d, s in sub["summary"].items():
-                writer.writerow([*lead, stat, d, *(f"{s[m][stat]:.6g}" for m in METRICS)])
+                writer.writerow([name, stat, d, *(f"{s[m][stat]:.6g}" for m in METRICS)])
     return buf.getvalue()
 
 
 def print_summary(res: dict, console: Console) -> None:
-    """The mean ± std table on the console."""
+    """The mean ± std table of each protocol on the console."""
     took = f" ({res['seconds']:.0f} s)" if "seconds" in res else ""
-    title = f"{res['dataset']} / {res['split']}: mean ± std over folds{took}"
-    table = Table(title=title)
-    table.add_column("detector")
-    for m in CONSOLE_METRICS:
-        table.add_column(LABELS[m], justify="right")
-    for d, s in res["summary"].items():
-        table.add_row(d, *(_fmt(s, m) for m in CONSOLE_METRICS))
-    console.print(table)
+    for protocol, sub in res["protocols"].items():
+        table = Table(title=f"{res['dataset']} / {protocol}: mean ± std over folds{took}")
+        table.add_column("detector")
+        for m in CONSOLE_METRICS:
+            table.add_column(LABELS[m], justify="right")
+        for d, s in sub["summary"].items():
+            table.add_row(d, *(_fmt(s, m) for m in CONSOLE_METRICS))
+        console.print(table)
 
 
 def _detector_grid(n: int) -> tuple[plt.Figure, np.ndarray]:
@@ -181,39 +362,38 @@ def _detector_grid(n: int) -> tuple[plt.Figure, np.ndarray]:
     return fig, axes.ravel()
 
 
-def plot_roc(result: CrossvalResult, path: Path) -> None:
-    """ROC curves of every fold, one panel per detector."""
-    detectors = list(result.results["summary"])
+def plot_roc(folds: list[dict], aurocs: dict[str, str], title: str, path: Path) -> None:
+    """ROC curves of every fold (``{detector: {"fpr", "tpr"}}`` each), one panel per detector."""
+    detectors = list(aurocs)
     fig, axes = _detector_grid(len(detectors))
     for ax, det in zip(axes, detectors, strict=False):
-        for fold in result.folds:
-            fpr, tpr = fold["figures"][det].roc
-            ax.plot(fpr, tpr, lw=0.8, alpha=0.7)
+        for fold in folds:
+            ax.plot(fold[det]["fpr"], fold[det]["tpr"], lw=0.8, alpha=0.7)
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set_title(f"{det}: AUROC {_fmt(result.results['summary'][det], 'auroc')}", fontsize=9)
+        ax.set_title(f"{det}: AUROC {aurocs[det]}", fontsize=9)
         ax.set(xlabel="FPR (OOD kept)", ylabel="TPR (ID kept)")
-    fig.suptitle(f"ROC per held-out class ({result.results['dataset']}, {result.results['split']})")
+    fig.suptitle(f"ROC per fold ({title})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_histograms(result: CrossvalResult, path: Path) -> None:
+def plot_histograms(folds: list[dict], title: str, path: Path) -> None:
     """ID vs OOD score histograms pooled over folds, each fold's scores shifted by its threshold so
     that 0 is the decision boundary in every fold."""
-    detectors = list(result.results["summary"])
+    detectors = list(folds[0])
     fig, axes = _detector_grid(len(detectors))
     for ax, det in zip(axes, detectors, strict=False):
-        figs = [f["figures"][det] for f in result.folds]
-        id_s = np.concatenate([f.id_scores - f.threshold for f in figs])
-        ood_s = np.concatenate([f.ood_scores - f.threshold for f in figs])
+        t = [float(f[det]["threshold"]) for f in folds]
+        id_s = np.concatenate([f[det]["id_scores"] - x for f, x in zip(folds, t, strict=True)])
+        ood_s = np.concatenate([f[det]["ood_scores"] - x for f, x in zip(folds, t, strict=True)])
         bins = np.histogram_bin_edges(np.r_[id_s, ood_s], bins=60)
         ax.hist(id_s, bins, density=True, alpha=0.55, label="ID (known classes)")
-        ax.hist(ood_s, bins, density=True, alpha=0.55, label="OOD (held-out class)")
+        ax.hist(ood_s, bins, density=True, alpha=0.55, label="OOD")
         ax.axvline(0, color="k", lw=1, ls="--")
         ax.set(title=det, xlabel="score − fold threshold", ylabel="density")
         ax.legend(fontsize=7)
-    fig.suptitle("ID vs OOD scores over all folds (dashed: calibrated threshold)")
+    fig.suptitle(f"ID vs OOD scores over all folds, {title} (dashed: calibrated threshold)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -227,154 +407,64 @@ def class_colours(n: int) -> np.ndarray:
 
 def false_colour(cube: np.ndarray, bands: tuple[int, int, int]) -> np.ndarray:
     """An RGB composite of three bands, each stretched between its 2nd and 98th percentile."""
-    rgb = cube[..., list(bands)].astype(np.float64)
+    rgb = np.asarray(cube[..., list(bands)], np.float64)
     step = max(1, rgb.shape[0] * rgb.shape[1] // 250_000)  # percentiles of a subsample suffice
     lo, hi = np.percentile(rgb.reshape(-1, 3)[::step], [2, 98], axis=0)
     return np.clip((rgb - lo) / np.where(hi > lo, hi - lo, 1), 0, 1)
 
 
-def plot_panel(result: CrossvalResult, fold: dict, path: Path) -> None:
-    """False colour | ground truth | annotated pixels | K+1 prediction | score map, for one fold and the
-    first detector."""
-    scene = result.scene
-    det = next(iter(result.results["summary"]))
-    fig_data = fold["figures"][det]
-    colours = class_colours(scene.num_classes)
-    cmap = ListedColormap(colours)
-    known = np.asarray(fold["known"])
-    # Back to dataset ids for colouring; OOD shown in black.
-    pred = np.where(
-        fig_data.prediction < len(known), known[np.minimum(fig_data.prediction, len(known) - 1)], -1
-    )
-    pred_rgb = np.where(pred[..., None] >= 0, colours[np.maximum(pred, 0)], 0.0)
-    held = scene.class_names[fold["held_out"] - 1]
-    fig, axes = plt.subplots(1, 5, figsize=(20, 4.4))
-    axes[0].imshow(false_colour(scene.cube, scene.rgb_bands))
-    axes[0].set_title("false colour")
-    axes[1].imshow(scene.labels, cmap=cmap, vmin=0, vmax=scene.num_classes, interpolation="nearest")
-    axes[1].contour(scene.labels == fold["held_out"], levels=[0.5], colors="k", linewidths=0.8)
-    axes[1].set_title(f"ground truth (outlined: {held}, held out)")
-    axes[2].imshow(
-        result.annotated, cmap=cmap, vmin=0, vmax=scene.num_classes, interpolation="nearest"
-    )
-    axes[2].set_title(f"annotated pixels ({int((result.annotated > 0).sum())})")
-    axes[3].imshow(pred_rgb, interpolation="nearest")
-    axes[3].set_title(f"K+1 prediction, {det} (black: OOD)")
-    im = axes[4].imshow(fig_data.score_map, cmap="viridis")
-    axes[4].contour(
-        fig_data.score_map >= fig_data.threshold, levels=[0.5], colors="w", linewidths=0.5
-    )
-    axes[4].set_title(f"{det} score (white: threshold)")
-    fig.colorbar(im, ax=axes[4], fraction=0.046)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def rgb_view(image: np.ndarray, bands: tuple[int, int, int] | None) -> np.ndarray:
+    """An (H, W, 3) view in [0, 1]: an 8-bit RGB image as it is, else a false colour of
+    ``bands`` (or of three bands spread over the spectrum)."""
+    if bands is None and image.shape[-1] == 3 and image.dtype == np.uint8:
+        return np.asarray(image) / 255.0
+    return overlay_rgb(image, bands) / 255.0
 
 
-BASELINE_METRICS = (
-    "auroc",
-    "fpr95",
-    "id_accuracy",
-    "ood_recall",
-    "miou_k_plus_1",
-    "mdice_k_plus_1",
-)
+def _tint(rgb: np.ndarray, labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Classes 1..K tinted over the image; label 0 leaves the image as it is."""
+    tinted = 0.45 * rgb + 0.55 * colours[np.clip(labels, 0, len(colours) - 1)]
+    return np.where((labels[..., None] > 0) & (labels[..., None] < len(colours)), tinted, rgb)
 
 
-def write_frames_report(out: Path, result: FramesResult) -> None:
-    """Every output of a frame data set run: results.json / .md / .csv, per protocol ROC curves
-    and score histograms, and the test-frame panels."""
-    res = result.results
-    (out / "results.json").write_text(json.dumps(res, indent=2))
-    (out / "results.md").write_text(frames_markdown(res))
-    (out / "results.csv").write_text(csv_table(res))
-    for protocol, sub in res["protocols"].items():
-        view = CrossvalResult(sub, None, None, result.folds[protocol])
-        plot_roc(view, out / f"roc_{protocol}.png")
-        plot_histograms(view, out / f"histograms_{protocol}.png")
-    if result.panels:
-        # The panels show the detector with the best mean AUROC: what a user would deploy.
-        summary = res["protocols"]["background"]["summary"]
-        det = max(summary, key=lambda d: summary[d]["auroc"]["mean"])
-        plot_frame_panels(result.panels[det], result.class_names, det, out / "frames.png")
-
-
-def frames_markdown(res: dict) -> str:
-    """Set-up, the baselines next to the method, then each protocol's tables."""
-    h, w = res["resolution"]
-    cfg = res["config"]
-    lines = [
-        f"# {res['dataset']}: open-set segmentation from sparse strokes",
-        "",
-        f"Frames {h}x{w} (scale {cfg['scale']}); frames per split: "
-        + ", ".join(f"{s} {n}" for s, n in res["frames"].items())
-        + f"; strokes on {cfg['budget']:.0%} of each class's pixels per frame ("
-        + ", ".join(f"{s} {n}" for s, n in res["annotated_pixels"].items())
-        + f" annotated pixels); network: {cfg['preset']} preset, {cfg['train']['epochs']} epochs x "
-        f"{cfg['train']['patches_per_epoch']} patches of {cfg['train']['patch']} px; threshold at TPR "
-        f"{cfg['tpr']}. {res['seconds']:.0f} s on {res['machine']}.",
-        "",
-        f"Data: {res['credit']}",
-    ]
-    if res["baselines"]:
-        lines += ["", "## Background as OOD: baselines next to the method", ""]
-        lines += ["| method | " + " | ".join(LABELS[m] for m in BASELINE_METRICS) + " |"]
-        lines.append("|---" * (len(BASELINE_METRICS) + 1) + "|")
-        rows = list(res["baselines"])
-        if "background" in res["protocols"]:
-            for det, s in res["protocols"]["background"]["summary"].items():
-                rows.append({"method": f"OOD-SEG, {det}", **{m: s[m]["mean"] for m in s}})
-        for r in rows:
-            cells = ["—" if r.get(m) is None else f"{r[m]:.3f}" for m in BASELINE_METRICS]
-            lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
-    for sub in res["protocols"].values():
-        lines += ["", markdown(sub).replace("\n## ", "\n### ").replace("# ", "## ", 1)]
-    return "\n".join(lines) + "\n"
-
-
-def plot_frame_panels(
-    panels: list[FramePanel], class_names: tuple[str, ...], det: str, path: Path
+def plot_panels(
+    panels: Sequence[PanelView], class_names: Sequence[str], det: str, title: str, path: Path
 ) -> None:
-    """Per test frame: frame | ground truth | K+1 prediction with OOD as a grey hatched layer |
-    score heat map with the threshold's contour."""
-    # Saturated colours only: a pale class tint would read as the grey OOD layer.
-    strong = plt.get_cmap("tab10")(np.array([0, 1, 2, 3, 4, 6, 8, 9, 5])[: len(class_names)])
-    colours = np.vstack([[0.0, 0.0, 0.0], strong[:, :3]])
-    fig, axes = plt.subplots(len(panels), 4, figsize=(18, 3.1 * len(panels)), squeeze=False)
+    """Per image: the image | truth (outlined: what is OOD) | annotations | K+1 prediction (OOD
+    grey hatched) | score heat map with the threshold's contour."""
+    k = len(class_names)
+    colours = class_colours(k)
+    fig, axes = plt.subplots(len(panels), 5, figsize=(22, 3.6 * len(panels)), squeeze=False)
     for row, p in zip(axes, panels, strict=True):
-        frame = p.image / 255.0
-        truth = np.where(p.mask == IGNORE_LABEL, 0, p.mask)
-        row[0].imshow(frame)
-        row[0].set_title(p.name, fontsize=9)
-        row[1].imshow(_overlay(frame, truth, colours))
-        row[1].contourf(p.mask == 0, levels=[0.5, 1.5], colors="none", hatches=["...."])
-        row[1].set_title("ground truth (dotted: background / OOD)", fontsize=9)
-        row[2].imshow(_overlay(frame, p.prediction, colours))
+        truth = np.where(p.truth == BACKGROUND, 0, p.truth)
+        row[0].imshow(p.rgb)
+        row[0].set_title(p.title, fontsize=9)
+        row[1].imshow(_tint(p.rgb, truth, colours))
+        if p.outline is not None:
+            row[1].contourf(p.outline, levels=[0.5, 1.5], colors="none", hatches=["...."])
+            row[1].contour(p.outline, levels=[0.5], colors="k", linewidths=0.6)
+        row[1].set_title("test truth (dotted: OOD)", fontsize=9)
+        annotated = p.annotated if p.annotated is not None else np.zeros_like(truth)
+        row[2].imshow(_tint(p.rgb * 0.6, annotated, colours))
+        row[2].set_title(f"annotated pixels ({int((annotated > 0).sum())})", fontsize=9)
+        row[3].imshow(_tint(p.rgb, p.prediction, colours))
         ood = (p.prediction == 0).astype(float)
-        row[2].imshow(np.dstack([np.full(ood.shape + (3,), 0.5), 0.6 * ood[..., None]]))
-        row[2].contourf(ood, levels=[0.5, 1.5], colors="none", hatches=["////"])
-        row[2].set_title(f"K+1 prediction, {det} (grey hatched: OOD)", fontsize=9)
-        im = row[3].imshow(p.score_map, cmap="magma")
-        row[3].contour(p.score_map >= p.threshold, levels=[0.5], colors="c", linewidths=0.6)
-        row[3].set_title(f"{det} score (cyan: threshold)", fontsize=9)
-        fig.colorbar(im, ax=row[3], fraction=0.03)
+        row[3].imshow(np.dstack([np.full(ood.shape + (3,), 0.5), 0.6 * ood[..., None]]))
+        row[3].contourf(ood, levels=[0.5, 1.5], colors="none", hatches=["////"])
+        row[3].set_title(f"K+1 prediction, {det} (grey hatched: OOD)", fontsize=9)
+        im = row[4].imshow(p.score_map, cmap="magma")
+        row[4].contour(p.score_map >= p.threshold, levels=[0.5], colors="c", linewidths=0.6)
+        row[4].set_title(f"{det} score (cyan: threshold)", fontsize=9)
+        fig.colorbar(im, ax=row[4], fraction=0.03)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i + 1]) for i in range(len(class_names))]
-    fig.legend(handles, class_names, loc="lower center", ncol=len(class_names), fontsize=9)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=100)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i + 1]) for i in range(k)]
+    fig.legend(handles, class_names, loc="lower center", ncol=min(k, 8), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05 if k <= 8 else 0.08, 1, 0.97))
+    fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def _overlay(frame: np.ndarray, labels: np.ndarray, colours: np.ndarray) -> np.ndarray:
-    """Classes 1..K tinted over the frame; label 0 leaves the frame as it is."""
-    tinted = 0.45 * frame + 0.55 * colours[labels]
-    return np.where(labels[..., None] > 0, tinted, frame)
 
 
 def write_prediction(
@@ -416,16 +506,17 @@ def write_prediction(
     return paths
 
 
-def overlay_rgb(image: np.ndarray) -> np.ndarray:
-    """An RGB uint8 view of an (H, W, C) image: itself if RGB, else three spread bands (or its one
-    band), each stretched between its 2nd and 98th percentile."""
+def overlay_rgb(image: np.ndarray, bands: tuple[int, int, int] | None = None) -> np.ndarray:
+    """An RGB uint8 view of an (H, W, C) image: ``bands``, else itself if RGB, else three spread
+    bands (or its one band), each stretched between its 2nd and 98th percentile."""
     c = image.shape[-1]
-    if c < 3:
-        bands = (0, 0, 0)
-    elif c == 3:
-        bands = (0, 1, 2)
-    else:
-        bands = tuple(int(c * f) for f in (0.75, 0.5, 0.25))
+    if bands is None:
+        if c < 3:
+            bands = (0, 0, 0)
+        elif c == 3:
+            bands = (0, 1, 2)
+        else:
+            bands = tuple(int(c * f) for f in (0.75, 0.5, 0.25))
     return (false_colour(np.asarray(image, np.float32), bands) * 255).astype(np.uint8)
 
 
@@ -463,17 +554,12 @@ def write_evaluation(out: Path, evaluation: Evaluation) -> None:
     (out / "results.csv").write_text(buf.getvalue())
     det = res["detector"]
     if res["pooled"]["n_ood"]:
-        summary = {det: {"auroc": {"mean": res["pooled"]["auroc"], "std": 0.0}}}
-        view = CrossvalResult(
-            {"summary": summary, "dataset": "evaluation", "split": "pooled"},
-            None,
-            None,
-            [{"figures": {det: evaluation.figures}}],
-        )
-        plot_roc(view, out / "roc.png")
-        plot_histograms(view, out / "histograms.png")
+        folds = [{det: evaluation.figures}]
+        plot_roc(folds, {det: f"{res['pooled']['auroc']:.3f}"}, "pooled", out / "roc.png")
+        plot_histograms(folds, "pooled", out / "histograms.png")
     if evaluation.panels:
-        plot_frame_panels(evaluation.panels, tuple(res["classes"]), det, out / "images.png")
+        title = f"evaluation, {det}"
+        plot_panels(evaluation.panels, tuple(res["classes"]), det, title, out / "images.png")
 
 
 def evaluation_markdown(res: dict) -> str:
@@ -526,67 +612,3 @@ def write_html(folder: Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(page)
     return path
-
-
-_FIGURE_FIELDS = ("threshold", "id_scores", "ood_scores", "fpr", "tpr")
-
-
-def save_figure_data(folds: list[dict], path: Path) -> None:
-    """What the ROC and histogram figures are drawn from, so that ``crossval merge`` can redraw
-    them for fold jobs run apart (arrays only: read back without unpickling)."""
-    arrays = {}
-    for fold in folds:
-        for det, f in fold["figures"].items():
-            values = (np.asarray(f.threshold), f.id_scores, f.ood_scores, *f.roc)
-            for name, value in zip(_FIGURE_FIELDS, values, strict=True):
-                arrays[f"{fold['held_out']}|{det}|{name}"] = value
-    with atomic_path(path) as tmp:
-        np.savez_compressed(tmp, **arrays)
-
-
-def load_figure_data(path: Path) -> list[dict]:
-    """The folds (``{"held_out", "figures"}``) saved by :func:`save_figure_data`."""
-    folds: dict[str, dict] = {}
-    with np.load(path, allow_pickle=False) as z:
-        for key in z.files:
-            held, det, name = key.split("|")
-            folds.setdefault(held, {}).setdefault(det, {})[name] = z[key]
-    return [
-        {
-            "held_out": held,
-            "figures": {
-                det: FoldFigures(
-                    float(f["threshold"]), f["id_scores"], f["ood_scores"], (f["fpr"], f["tpr"])
-                )
-                for det, f in dets.items()
-            },
-        }
-        for held, dets in folds.items()
-    ]
-
-
-def write_merged(out: Path, runs: list[Path]) -> dict:
-    """Merge fold jobs' output folders into one report: tables, figures, and their panels."""
-    import shutil
-
-    from oodseg.crossval import merge
-
-    results = []
-    for run in runs:
-        path = run / "results.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not a crossval output folder")
-        results.append(json.loads(path.read_text()))
-    res = merge(results)
-    folds = [f for run in runs for f in load_figure_data(run / "figures.npz")]
-    (out / "results.json").write_text(json.dumps(res, indent=2))
-    (out / "results.md").write_text(markdown(res))
-    (out / "results.csv").write_text(csv_table(res))
-    view = CrossvalResult(res, None, None, folds)
-    plot_roc(view, out / "roc.png")
-    plot_histograms(view, out / "histograms.png")
-    save_figure_data(folds, out / "figures.npz")
-    for run in runs:
-        for panel in run.glob("panel_*.png"):
-            shutil.copy(panel, out / panel.name)
-    return res

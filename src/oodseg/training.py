@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from torch.utils.data import DataLoader, Dataset
 
-from oodseg.model import Segmenter
+from oodseg.model import FEATURES, PRESETS, Segmenter
 
 IGNORE = -1
 LOSSES = ("ce", "logitnorm")
@@ -30,12 +31,16 @@ PRECISIONS = ("32", "bf16-mixed")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How a network is trained; ``epochs`` x ``patches_per_epoch`` patches are seen in all."""
+    """Which network and how it is trained; ``epochs`` x ``patches_per_epoch`` patches are seen in
+    all. Every command and the Python API build their training from this one class."""
 
+    preset: str = "small"
+    features: str = "last"
+    encoder_weights: str | None = None  # local file, reference preset only; never downloaded
     epochs: int = 30
     patches_per_epoch: int = 64
     batch_size: int = 8
-    patch: int = 64
+    patch: int | None = None  # training patch side; None: the data's or the preset's default
     lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
@@ -49,6 +54,36 @@ class TrainConfig:
     strategy: str = "auto"  # Lightning's: "ddp" for several devices or nodes
 
     def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(
+                f"unknown network preset {self.preset!r}; choose one of: {', '.join(PRESETS)}"
+            )
+        if self.features not in FEATURES:
+            raise ValueError(
+                f"unknown feature choice {self.features!r}; choose one of: {', '.join(FEATURES)}"
+            )
+        if self.encoder_weights is not None:
+            if self.preset != "reference":
+                raise ValueError("encoder weights apply to the reference preset only")
+            if not Path(self.encoder_weights).is_file():
+                raise FileNotFoundError(f"{self.encoder_weights}: encoder weights file not found")
+        for name in ("epochs", "patches_per_epoch", "batch_size", "devices", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}"
+                )
+        if self.patch is not None and (
+            self.patch < 16 or self.patch % PRESETS[self.preset].divisor
+        ):
+            raise ValueError(
+                f"the patch side must be a multiple of {PRESETS[self.preset].divisor} "
+                f"(the {self.preset} network's divisor), at least 16, got {self.patch}"
+            )
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(
+                f"the learning rate must be positive and the weight decay not negative, got "
+                f"{self.lr} and {self.weight_decay}"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}"
@@ -60,33 +95,74 @@ class TrainConfig:
                 f"LogitNorm temperature must be positive, got {self.logitnorm_temperature}"
             )
 
+    def patch_side(self, sides: Sequence[tuple[int, int]], hint: int | None = None) -> int:
+        """The training patch side: ``patch``, else the data's ``hint``, else the preset's; never
+        more than the largest image's shorter side (rounded down to the divisor). Images smaller
+        than a patch are edge-padded."""
+        d = PRESETS[self.preset].divisor
+        side = self.patch or hint or PRESETS[self.preset].patch
+        largest = max(min(s) for s in sides) // d * d
+        return max(d, min(side, largest))
+
 
 class PatchDataset(Dataset):
-    """Random square patches of N (C, H, W) images, each centred near an annotated pixel, with random
-    flips and 90-degree rotations; ``target`` (N, H, W) holds class indices and ``IGNORE`` elsewhere."""
+    """Random square patches of N images (of any sizes), each centred near an annotated pixel, with
+    random flips and 90-degree rotations. ``images[n]`` gives image n as a (C, H, W) float tensor and
+    its (H, W) target (class indices, ``IGNORE`` elsewhere); it may read from disk: only the images
+    that fit in ``cache_bytes`` (at least one) are held at a time, so the training images need not
+    fit in memory together. ``counts[n]``: image n's annotated pixels (counted here if not given).
+    An anchor is drawn uniformly over all annotated pixels, as if they were listed image by image
+    in row-major order."""
 
     def __init__(
-        self, images: torch.Tensor, target: torch.Tensor, patch: int, length: int, seed: int
+        self,
+        images: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        patch: int,
+        length: int,
+        seed: int,
+        counts: Sequence[int] | None = None,
+        cache_bytes: int = 512 * 2**20,
     ):
-        if not (target != IGNORE).any():
+        if counts is None:
+            counts = [int((images[n][1] != IGNORE).sum()) for n in range(len(images))]
+        self.ends = np.cumsum(np.asarray(counts, np.int64))
+        if not len(self.ends) or self.ends[-1] == 0:
             raise ValueError("no annotated pixel to train on")
-        self.images, self.target = _pad_to(images, target, patch)
-        self.anchors = torch.nonzero(self.target != IGNORE)  # (n, y, x) rows
-        self.patch, self.length, self.seed = patch, length, seed
+        self.images, self.patch, self.length, self.seed = images, patch, length, seed
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = (
+            OrderedDict()
+        )
         self.epoch = 0
 
     def __len__(self) -> int:
         return self.length
 
+    def _image(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image n padded to a patch, its target, and its annotated pixels' flat indices."""
+        if n not in self._cache:
+            image, target = _pad_to(*self.images[n], self.patch)
+            annotated = torch.nonzero(target.flatten() != IGNORE)[:, 0]
+            self._cache[n] = (image, target, annotated)
+            size = sum(i.nbytes + t.nbytes + a.nbytes for i, t, a in self._cache.values())
+            while len(self._cache) > 1 and size > self.cache_bytes:
+                _, (i, t, a) = self._cache.popitem(last=False)
+                size -= i.nbytes + t.nbytes + a.nbytes
+        self._cache.move_to_end(n)
+        return self._cache[n]
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * self.length + i)
-        n, y, x = self.anchors[torch.randint(len(self.anchors), (1,), generator=g)][0].tolist()
-        h, w = self.images.shape[-2:]
+        r = int(torch.randint(int(self.ends[-1]), (1,), generator=g))
+        n = int(np.searchsorted(self.ends, r, side="right"))
+        image, target, annotated = self._image(n)
+        h, w = target.shape
+        y, x = divmod(int(annotated[r - (self.ends[n - 1] if n else 0)]), w)
         p = self.patch
         y0 = int(np.clip(y - torch.randint(p, (1,), generator=g).item(), 0, h - p))
         x0 = int(np.clip(x - torch.randint(p, (1,), generator=g).item(), 0, w - p))
-        img = self.images[n, :, y0 : y0 + p, x0 : x0 + p]
-        tgt = self.target[n, y0 : y0 + p, x0 : x0 + p]
+        img = image[:, y0 : y0 + p, x0 : x0 + p]
+        tgt = target[y0 : y0 + p, x0 : x0 + p]
         k = int(torch.randint(4, (1,), generator=g))
         img, tgt = torch.rot90(img, k, (1, 2)), torch.rot90(tgt, k, (0, 1))
         if torch.rand(1, generator=g) < 0.5:
@@ -94,16 +170,33 @@ class PatchDataset(Dataset):
         return img.float().contiguous(), tgt.contiguous()
 
 
+class _Tensors(Sequence):
+    """(H, W, C) images and (H, W) targets, read on demand, as (C, H, W) / int64 tensors."""
+
+    def __init__(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = self.pairs[n]
+        return (
+            torch.from_numpy(np.asarray(image, np.float32)).permute(2, 0, 1),  # a view, no copy
+            torch.from_numpy(np.asarray(target, np.int64)),
+        )
+
+
 def _pad_to(
-    images: torch.Tensor, target: torch.Tensor, size: int
+    image: torch.Tensor, target: torch.Tensor, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Edge-pad images smaller than one patch (targets padded with IGNORE)."""
-    h, w = images.shape[-2:]
+    """Edge-pad a (C, H, W) image smaller than one patch (its target padded with IGNORE)."""
+    h, w = image.shape[-2:]
     ph, pw = max(0, size - h), max(0, size - w)
     if ph or pw:
-        images = F.pad(images.float(), (0, pw, 0, ph), mode="replicate")
+        image = F.pad(image.float()[None], (0, pw, 0, ph), mode="replicate")[0]
         target = F.pad(target, (0, pw, 0, ph), value=IGNORE)
-    return images, target
+    return image, target
 
 
 def segmentation_loss(
@@ -156,36 +249,36 @@ class SparseSegmentation(L.LightningModule):
 
 def fit(
     net: Segmenter,
-    image: np.ndarray,
-    target: np.ndarray,
+    images: Sequence[tuple[np.ndarray, np.ndarray]],
     config: TrainConfig,
     *,
+    patch: int,
+    counts: Sequence[int] | None = None,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
     resume: bool = False,
 ) -> Segmenter:
-    """Train ``net`` on an (H, W, C) image, or N such images stacked as (N, H, W, C), whose
-    ``target`` ((H, W) or (N, H, W)) holds class indices 0..K-1 at the annotated pixels and
-    ``IGNORE`` elsewhere. Seeded: the same call gives the same weights. A checkpoint is written to
+    """Train ``net`` on (normalised (H, W, C) image, (H, W) target) pairs of any sizes, targets
+    holding class indices 0..K-1 at the annotated pixels and ``IGNORE`` elsewhere, on square
+    patches of side ``patch``. ``images`` may read each pair from disk when indexed (see
+    :class:`PatchDataset`; ``counts``: annotated pixels per image, to spare a first pass).
+    Seeded: the same call gives the same weights. A checkpoint is written to
     ``checkpoint_dir/last.ckpt`` after every epoch; ``resume`` continues from it (an interrupted
     run then ends with the same weights as an uninterrupted one: patches are drawn from a
     generator seeded by seed, epoch and index, not from a global state)."""
     L.seed_everything(config.seed, workers=True, verbose=False)
-    images = image if image.ndim == 4 else image[None]
     data = PatchDataset(
-        torch.from_numpy(images).permute(0, 3, 1, 2),  # a view: (N, C, H, W) without a copy
-        torch.from_numpy(target.astype(np.int64).reshape(images.shape[:3])),
-        config.patch,
-        config.patches_per_epoch,
-        config.seed,
+        _Tensors(images), patch, config.patches_per_epoch, config.seed, counts=counts
     )
     callbacks: list[L.Callback] = []
     if progress:
         callbacks.append(RichProgressBar(leave=False))
     if checkpoint_dir is not None:
+        # No monitored metric: the one checkpoint kept is the latest, rewritten every epoch.
         callbacks.append(
-            # No monitored metric: the one checkpoint kept is the latest, rewritten every epoch.
-            ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_top_k=1, every_n_epochs=1)
+            _AtomicCheckpoint(
+                dirpath=checkpoint_dir, filename="last", save_top_k=1, every_n_epochs=1
+            )
         )
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -241,25 +334,3 @@ def _quiet_lightning() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-
-
-def network_input(
-    image: np.ndarray, divisor: int, device: str | torch.device = "cpu"
-) -> torch.Tensor:
-    """A (1, C, H', W') tensor of an (H, W, C) image, edge-padded to sides that are multiples of
-    ``divisor`` (what the U-Net's down-sampling needs); crop outputs back to (H, W)."""
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, -w % divisor, 0, -h % divisor), mode="replicate").to(device)
-
-
-@torch.no_grad()
-def infer(
-    net: Segmenter, x: torch.Tensor, size: tuple[int, int], precision: str = "32"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (K, H, W) and features (F, H, W), float32 on the CPU, of a :func:`network_input`
-    cropped to ``size``; ``precision="bf16-mixed"`` runs the network under bf16 autocast."""
-    h, w = size
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=precision == "bf16-mixed"):
-        logits, features = net.to(x.device).eval()(x)
-    return logits[0, :, :h, :w].float().cpu(), features[0, :, :h, :w].float().cpu()

@@ -1,0 +1,545 @@
+"""The fold engine: train on the annotations of the known classes, fit the detectors, calibrate the
+threshold, and score the test pixels, on any collection of images.
+
+Every data set reaches the engine as a :class:`Collection`: a list of images (any size, any band
+count), each with a training-annotation mask, a calibration-annotation mask and a truth mask. A single
+scene is a collection of one image whose regions are split; a frame set is split by image or video.
+A :class:`Fold` says which classes are known (ID) and which truth values are OOD (a held-out class,
+or the declared background). ``crossval`` (every data set and protocol), ``oodseg train`` and the
+baselines all run through the functions here; data-set modules only build collections and folds.
+
+One K+1 convention everywhere inside: class indices 0..K-1 for the known classes, K for OOD. (Label
+maps written for users, and panels, use the data set's ids with 0 = OOD.)
+
+Memory is bounded by a few images at a time and the sparse annotated pixels: images are read one by
+one (training patches from a bounded cache of images), detectors are fitted from streamed batches,
+test scores are tallied exactly up to ``metrics.EXACT_LIMIT`` pixels per detector and in a streaming
+histogram beyond, segmentation counts in confusion matrices, and only a handful of panel images'
+maps are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from oodseg.datasets import BandNormaliser
+from oodseg.detectors import LogitDetector, PixelOutputs, make_detector
+from oodseg.distributed import gather_by_image, my_images
+from oodseg.inference import Forward, Inference, Predictor, Scorer
+from oodseg.metrics import ScoreTally, confusion_matrix, segmentation_from_confusion
+from oodseg.model import Segmenter, build_network
+from oodseg.threshold import calibrate_threshold
+from oodseg.training import IGNORE, TrainConfig, fit
+
+ROLES = ("train", "calibration", "truth", "dense")  # the masks of a sample
+BACKGROUND = 255  # truth value of a known pixel of none of the classes (background, declared OOD)
+MAX_CLASSES = 254  # class ids 1..254 fit the uint8 masks beside 0 (not scored) and BACKGROUND
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a collection. Masks are uint8 (H, W) of the data set's class ids 1..K:
+    ``train`` / ``calibration`` the annotations (0 elsewhere), ``truth`` the test pixels (a class,
+    or :data:`BACKGROUND`; 0 = not scored), ``dense`` a training image's dense labels (for the fully
+    supervised baseline; None where there are none) and ``normalise`` the pixels whose intensities
+    may shape the input normalisation (None: none of them)."""
+
+    name: str
+    image: np.ndarray  # (H, W, C), raw values (a memory map is fine)
+    train: np.ndarray
+    calibration: np.ndarray
+    truth: np.ndarray
+    dense: np.ndarray | None = None
+    normalise: np.ndarray | None = None
+
+
+@dataclass
+class Collection:
+    """A data set as the engine sees it: ``size`` samples produced one at a time by ``load``, with
+    what was counted over them once (see :func:`collect`)."""
+
+    name: str
+    class_names: tuple[str, ...]
+    size: int
+    load: Callable[[int], Sample]
+    description: str
+    credit: str = ""
+    rgb_bands: tuple[int, int, int] | None = None  # shown as red, green, blue; None: RGB images
+    patch: int | None = None  # a training patch side suited to the data (None: the preset's)
+    panel_count: int = 4
+    # Filled by collect():
+    normaliser: BandNormaliser | None = None
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict)  # role -> (N, 256) counts
+    roles: list[frozenset[str]] = field(default_factory=list)  # per sample: the roles it holds
+    sides: list[tuple[int, int]] = field(default_factory=list)
+    bands: int = 0
+
+    @property
+    def counts(self) -> dict[str, np.ndarray]:
+        """Role -> (256,) pixel counts per mask value, over all samples."""
+        return {role: c.sum(0) for role, c in self.per_sample.items()}
+
+    def ids(self, role: str) -> list[int]:
+        """The samples holding ``role`` (``train``, ``calibration``, ``truth``, ``dense``)."""
+        return [i for i, r in enumerate(self.roles) if role in r]
+
+    @property
+    def panel_ids(self) -> list[int]:
+        """A fixed handful of test samples, evenly spread, drawn as they are scored."""
+        tests = self.ids("truth")
+        if len(tests) <= self.panel_count:
+            return tests
+        picks = np.linspace(0, len(tests) - 1, self.panel_count).round().astype(int)
+        return [tests[i] for i in picks]
+
+    def class_counts(self, role: str) -> dict[int, int]:
+        """Pixels per class id (and BACKGROUND) in a role's masks."""
+        c = self.counts[role]
+        return {v: int(c[v]) for v in np.flatnonzero(c) if v != 0}
+
+
+def collect(collection: Collection, progress: Progress | None = None) -> Collection:
+    """One pass over the samples: the band count (must agree), the roles each sample holds, pixel
+    counts per role and class, and the input normalisation (per-band mean and standard deviation
+    over the pixels the samples allow, merged exactly in float64)."""
+    if len(collection.class_names) > MAX_CLASSES:
+        raise ValueError(
+            f"{collection.name}: {len(collection.class_names)} classes; at most {MAX_CLASSES}"
+        )
+    per_sample = {r: np.zeros((collection.size, 256), np.int64) for r in ROLES}
+    roles, sides = [], []
+    n, mean, m2 = 0, 0.0, 0.0
+    task = progress.add_task("reading the data", total=collection.size) if progress else None
+    for i in range(collection.size):
+        s = collection.load(i)
+        if i == 0:
+            collection.bands = s.image.shape[-1]
+        elif s.image.shape[-1] != collection.bands:
+            raise ValueError(
+                f"{s.name}: {s.image.shape[-1]} bands, but the first image has {collection.bands}"
+            )
+        held = set()
+        for role in ROLES:
+            mask = getattr(s, role)
+            if mask is not None:
+                per_sample[role][i] = np.bincount(mask.ravel(), minlength=256)
+                if per_sample[role][i, 1:].any():
+                    held.add(role)
+        roles.append(frozenset(held))
+        sides.append(s.image.shape[:2])
+        if s.normalise is not None and s.normalise.any():
+            pixels = np.asarray(s.image)[s.normalise].astype(np.float64)
+            nb, mb = len(pixels), pixels.sum(0) / len(pixels)
+            d = pixels - mb
+            m2b = (d * d).sum(0)
+            # Chan et al.'s pairwise merge of (count, mean, sum of squared deviations).
+            delta = mb - mean
+            total = n + nb
+            mean = mean + delta * nb / total if n else mb
+            m2 = m2 + m2b + delta**2 * n * nb / total if n else m2b
+            n = total
+        if progress:
+            progress.advance(task)
+    if progress:
+        progress.remove_task(task)
+    if n == 0:
+        raise ValueError(f"{collection.name}: no training pixel to fit the input normalisation on")
+    std = np.sqrt(m2 / n)
+    collection.normaliser = BandNormaliser(mean, np.where(std > 0, std, 1.0))
+    collection.per_sample, collection.roles, collection.sides = per_sample, roles, sides
+    return collection
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Which classes are known (ID) and which truth values are OOD in one fold of a protocol."""
+
+    protocol: str  # "loco" (a held-out class) or "background" (the declared background)
+    name: str  # the held-out class's name, or "background"
+    known: tuple[int, ...]  # class ids trained on and scored as ID
+    ood: tuple[int, ...]  # truth values scored as OOD
+
+    @property
+    def k(self) -> int:
+        return len(self.known)
+
+    @property
+    def key(self) -> str:
+        return f"{self.protocol}-{self.name}"
+
+    def index(self) -> np.ndarray:
+        """Mask value -> K+1 index: known classes 0..K-1, OOD K, everything else IGNORE."""
+        table = np.full(256, IGNORE, np.int64)
+        table[list(self.known)] = np.arange(self.k)
+        table[list(self.ood)] = self.k
+        return table
+
+
+def train_network(
+    collection: Collection,
+    known: Sequence[int],
+    config: TrainConfig,
+    *,
+    dense: bool = False,
+    background_class: bool = False,
+    checkpoint_dir=None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Segmenter:
+    """A network trained on the annotations of the ``known`` classes (seeded: the same initial
+    weights in every fold). ``dense`` trains on the dense labels instead of the strokes, and
+    ``background_class`` adds the background as a last class (the fully supervised baseline)."""
+    k = len(known)
+    table = np.full(256, IGNORE, np.int64)
+    table[list(known)] = np.arange(k)
+    if background_class:
+        table[BACKGROUND] = k
+    role = "dense" if dense else "train"
+    annotated = collection.per_sample[role][:, table != IGNORE].sum(1)
+    ids = [i for i in collection.ids(role) if annotated[i]]
+    if not ids:
+        raise ValueError(f"{collection.name}: no annotated pixel of the known classes to train on")
+    torch.manual_seed(config.seed)
+    net = build_network(
+        config.preset,
+        collection.bands,
+        k + background_class,
+        features=config.features,
+        encoder_weights=config.encoder_weights,
+    )
+    return fit(
+        net,
+        _TrainingImages(collection, ids, table, role),
+        config,
+        patch=config.patch_side([collection.sides[i] for i in ids], collection.patch),
+        counts=[int(annotated[i]) for i in ids],
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
+    )
+
+
+class _TrainingImages(Sequence):
+    """The training images of a fold, read one at a time: (normalised image, class indices)."""
+
+    def __init__(self, collection: Collection, ids: list[int], table: np.ndarray, role: str):
+        self.collection, self.ids, self.table, self.role = collection, ids, table, role
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.collection.load(self.ids[n])
+        return self.collection.normaliser(s.image), self.table[getattr(s, self.role)]
+
+
+def _per_image(
+    ids: Sequence[int], compute: Callable[[int], torch.Tensor], width: int, dtype: torch.dtype
+) -> Iterator[torch.Tensor]:
+    """``compute(i)`` for every sample of ``ids``, in order. One process: computed lazily, one at
+    a time. Several (DDP): each process computes its share and every process gets all of them in
+    order, so what follows is exactly what one process would compute."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        local = {j: compute(ids[j]) for j in my_images(len(ids))}
+        yield from gather_by_image(local, len(ids), width, dtype)
+    else:
+        for i in ids:
+            yield compute(i)
+
+
+def fit_scorer(
+    collection: Collection,
+    net: Segmenter,
+    known: Sequence[int],
+    detectors: Sequence[str],
+    tpr: float,
+    run: Inference,
+) -> tuple[Scorer, dict[str, float], dict[str, float]]:
+    """Fit the detectors on the training annotations' outputs (streamed, image by image) and
+    calibrate each one's threshold to keep ``tpr`` of the calibration annotations. Returns the
+    scorer, the thresholds and the TPR they keep on the calibration pixels."""
+    k = len(known)
+    table = np.full(256, IGNORE, np.int64)
+    table[list(known)] = np.arange(k)
+    predictor = Predictor(net.eval(), collection.normaliser, net.preset, run)
+    scorer = Scorer(predictor, {d: make_detector(d) for d in detectors})
+    head = net.head
+
+    width = k + net.feature_channels + 1
+
+    def training_pixels(i: int) -> torch.Tensor:
+        s = collection.load(i)
+        target = table[s.train]
+        mask = target != IGNORE
+        if not mask.any():  # e.g. only the held-out class is annotated on this image
+            return torch.zeros(0, width)
+        out = predictor.forward(s.image, s.name).pixels(head, mask)
+        label = torch.from_numpy(target[mask]).float()[:, None]
+        return torch.cat([out.logits, out.features, label], 1)
+
+    w, b = head.weight.detach()[:, :, 0, 0].cpu(), head.bias.detach().cpu()
+    batches = (
+        (PixelOutputs(p[:, :k], p[:, k:-1], w, b), p[:, -1].long())
+        for p in _per_image(collection.ids("train"), training_pixels, width, torch.float32)
+        if len(p)
+    )
+    scorer.fit(batches)
+
+    def calibration_scores(i: int) -> torch.Tensor:
+        s = collection.load(i)
+        mask = table[s.calibration] != IGNORE
+        if not mask.any():
+            return torch.zeros(0, len(detectors))
+        maps = scorer.score_maps(predictor.forward(s.image, s.name))
+        return torch.from_numpy(np.stack([maps[d][mask] for d in detectors], 1))
+
+    parts = list(
+        _per_image(collection.ids("calibration"), calibration_scores, len(detectors), torch.float32)
+    )
+    scores = torch.cat(parts).numpy() if parts else np.zeros((0, len(detectors)))
+    if not len(scores):
+        raise ValueError(
+            f"{collection.name}: no calibration annotation of the known classes: the threshold "
+            "needs held-out strokes (or val images)"
+        )
+    thresholds = {d: calibrate_threshold(scores[:, j], tpr) for j, d in enumerate(detectors)}
+    kept = {d: float((scores[:, j] >= thresholds[d]).mean()) for j, d in enumerate(detectors)}
+    return scorer, thresholds, kept
+
+
+@dataclass
+class Panel:
+    """One test image's maps for the report: the K+1 prediction in the data set's ids (0 = OOD)
+    and the score map of the first detector, with its threshold."""
+
+    sample: int
+    prediction: np.ndarray
+    score_map: np.ndarray
+    threshold: float
+
+
+@dataclass
+class FoldResult:
+    """One fold: a row per detector (``results.json``), what the figures need, and the panels."""
+
+    fold: Fold
+    rows: list[dict]
+    figures: dict[str, dict[str, np.ndarray]]  # detector -> threshold, fpr, tpr, id / ood sample
+    panels: list[Panel]
+    closed_set: dict
+
+
+def test_pass(
+    collection: Collection,
+    fold: Fold,
+    scorer: Scorer,
+    thresholds: dict[str, float],
+    *,
+    seed: int = 0,
+    predict: Callable[[Forward, np.ndarray, float], np.ndarray] | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, ScoreTally], np.ndarray, list[Panel]]:
+    """Score every test image once: per detector a tally of the ID and OOD test pixels' scores
+    and of the K+1 map (``predict``: default, arg-max where the score passes the threshold, K
+    elsewhere), the closed-set confusion matrix, and the panels."""
+    k, table = fold.k, fold.index()
+    tallies = {d: ScoreTally(k, seed) for d in scorer.detectors}
+    closed = np.zeros((k + 1, k + 1), np.int64)
+    panels = []
+    first = next(iter(scorer.detectors))
+    panel_ids = set(collection.panel_ids)
+    ids = collection.ids("truth")
+    task = progress.add_task(f"{fold.key}: scoring", total=len(ids)) if progress else None
+    for i in ids:
+        s = collection.load(i)
+        truth = table[s.truth]
+        scored = truth != IGNORE
+        if not scored.any() and i not in panel_ids:
+            if progress:
+                progress.advance(task)
+            continue
+        forward = scorer.predictor.forward(s.image, s.name)
+        argmax = forward.logits.argmax(0).numpy()
+        t, is_ood = truth[scored], truth[scored] == k
+        closed += confusion_matrix(t, argmax[scored], k + 1)
+        maps = scorer.score_maps(forward)
+        for name, smap in maps.items():
+            pred = (
+                predict(forward, smap, thresholds[name])
+                if predict
+                else np.where(smap >= thresholds[name], argmax, k)
+            )
+            v = smap[scored]
+            tallies[name].add(v[~is_ood], v[is_ood], t, pred[scored])
+            if name == first and i in panel_ids:
+                ids_of = np.r_[np.asarray(fold.known), 0]  # K+1 index -> data set id, OOD -> 0
+                panels.append(Panel(i, ids_of[pred], smap.astype(np.float32), thresholds[name]))
+        if progress:
+            progress.advance(task)
+    if progress:
+        progress.remove_task(task)
+    return tallies, closed, panels
+
+
+def fold_rows(
+    collection: Collection,
+    fold: Fold,
+    tallies: dict[str, ScoreTally],
+    closed: np.ndarray,
+    thresholds: dict[str, float],
+    seconds: dict[str, float],  # fitting and scoring time per detector
+    calibration_tpr: dict[str, float] | None = None,
+) -> tuple[list[dict], dict[str, dict[str, np.ndarray]]]:
+    """A results row and the figure data per detector."""
+    names = [*(collection.class_names[c - 1] for c in fold.known), "OOD"]
+    closed_miou = segmentation_from_confusion(closed)["miou"]
+    rows, figures = [], {}
+    for det, tally in tallies.items():
+        ood, curve = tally.ood_result()
+        cm = tally.confusion
+        seg = segmentation_from_confusion(cm)
+        n_id, n_ood = int(cm[:-1].sum()), int(cm[-1].sum())
+        id_kept = cm[:-1, :-1].sum() / max(n_id, 1)
+        ood_recall = cm[-1, -1] / max(n_ood, 1)
+        row = {
+            "held_out": fold.name,
+            "detector": det,
+            **ood,
+            "threshold": thresholds[det],
+            "id_accuracy": float(np.trace(cm[:-1, :-1]) / max(n_id, 1)),
+            "closed_set_accuracy": float(np.trace(closed[:-1, :-1]) / max(n_id, 1)),
+            "closed_set_miou": closed_miou,  # the K+1 map with nothing rejected
+            "ood_recall": float(ood_recall),
+            "test_tpr": float(id_kept),
+            "balanced_accuracy": float((id_kept + ood_recall) / 2),
+            "miou_k_plus_1": seg["miou"],
+            "mdice_k_plus_1": seg["mdice"],
+            "detector_seconds": seconds[det],
+            "n_id": n_id,
+            "n_ood": n_ood,
+            "iou_k_plus_1": iou_by_class(seg["iou"], names),
+        }
+        if calibration_tpr is not None:
+            row["calibration_tpr"] = calibration_tpr[det]
+        if len(tally.per_image) > 1 or collection.size > 1:
+            row["auroc_per_image"] = (
+                float(np.mean(tally.per_image)) if tally.per_image else float("nan")
+            )
+            row["images_with_both"] = len(tally.per_image)
+        rows.append(row)
+        figures[det] = {
+            "threshold": np.asarray(thresholds[det]),
+            "fpr": curve.fpr,
+            "tpr": curve.tpr,
+            "id_scores": tally.sample[0],
+            "ood_scores": tally.sample[1],
+        }
+    return rows, figures
+
+
+def iou_by_class(iou: np.ndarray, names: list[str]) -> dict[str, float | None]:
+    """Per-class IoU for JSON: None where a class has no pixel in truth or prediction."""
+    return {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou, strict=True)}
+
+
+def closed_set_row(collection: Collection, fold: Fold, closed: np.ndarray) -> dict:
+    """The closed-set network: every pixel takes its arg-max class, nothing is OOD."""
+    seg = segmentation_from_confusion(closed)
+    names = [*(collection.class_names[c - 1] for c in fold.known), "OOD"]
+    n_id = max(int(closed[:-1].sum()), 1)
+    return {
+        "method": "closed-set arg-max (no OOD)",
+        "auroc": None,
+        "fpr95": None,
+        "id_accuracy": float(np.trace(closed[:-1, :-1]) / n_id),
+        "ood_recall": 0.0,
+        "miou_k_plus_1": seg["miou"],
+        "mdice_k_plus_1": seg["mdice"],
+        "iou_k_plus_1": iou_by_class(seg["iou"], names),
+    }
+
+
+def run_fold(
+    collection: Collection,
+    fold: Fold,
+    config: TrainConfig,
+    detectors: Sequence[str],
+    tpr: float,
+    *,
+    checkpoint_dir=None,
+    progress: Progress | None = None,
+) -> FoldResult:
+    """Train without the OOD classes, fit and calibrate every detector, score the test pixels."""
+    run = Inference(config.device, precision=config.precision, channels_last=config.channels_last)
+    net = train_network(
+        collection, fold.known, config, checkpoint_dir=checkpoint_dir, progress=progress is not None
+    )
+    scorer, thresholds, kept = fit_scorer(collection, net, fold.known, detectors, tpr, run)
+    tallies, closed, panels = test_pass(
+        collection, fold, scorer, thresholds, seed=config.seed, progress=progress
+    )
+    rows, figures = fold_rows(collection, fold, tallies, closed, thresholds, scorer.seconds, kept)
+    return FoldResult(fold, rows, figures, panels, closed_set_row(collection, fold, closed))
+
+
+class _BackgroundProbability(LogitDetector):
+    """1 - P(background), the background being the network's last class (fully supervised)."""
+
+    name = "background_probability"
+
+    def score_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return 1 - logits.softmax(dim=1)[:, -1]
+
+
+def fully_supervised(
+    collection: Collection,
+    fold: Fold,
+    config: TrainConfig,
+    *,
+    checkpoint_dir=None,
+    progress: Progress | None = None,
+) -> dict:
+    """The upper bound that needs the expensive labels: a network trained on the dense labels of
+    the training images with background as a class; a test pixel is OOD where background wins,
+    and 1 - P(background) ranks pixels for the AUROC."""
+    net = train_network(
+        collection,
+        fold.known,
+        config,
+        dense=True,
+        background_class=True,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress is not None,
+    )
+    run = Inference(config.device, precision=config.precision, channels_last=config.channels_last)
+    predictor = Predictor(net.eval(), collection.normaliser, config.preset, run)
+    scorer = Scorer(predictor, {"fully_supervised": _BackgroundProbability()})
+    tallies, _, _ = test_pass(
+        collection,
+        fold,
+        scorer,
+        {"fully_supervised": 0.5},
+        seed=config.seed,
+        predict=lambda f, _s, _t: f.logits.argmax(0).numpy(),  # background (index K) = OOD
+        progress=progress,
+    )
+    tally = tallies["fully_supervised"]
+    ood, _ = tally.ood_result()
+    seg = segmentation_from_confusion(tally.confusion)
+    cm = tally.confusion
+    names = [*(collection.class_names[c - 1] for c in fold.known), "OOD"]
+    return {
+        "method": "fully supervised, background as a class (dense masks)",
+        "auroc": ood["auroc"],
+        "fpr95": ood["fpr95"],
+        "id_accuracy": float(np.trace(cm[:-1, :-1]) / max(int(cm[:-1].sum()), 1)),
+        "ood_recall": float(cm[-1, -1] / max(int(cm[-1].sum()), 1)),
+        "miou_k_plus_1": seg["miou"],
+        "mdice_k_plus_1": seg["mdice"],
+        "iou_k_plus_1": iou_by_class(seg["iou"], names),
+    }

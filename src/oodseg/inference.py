@@ -1,0 +1,192 @@
+"""Inference: a trained network's logits and features on an image of any size, and every
+detector's score map from them, whatever the detector's kind.
+
+:class:`Predictor` turns a raw (H, W, C) image into the network's outputs (normalised row by row,
+padded to the network's divisor, one forward or MONAI's sliding window when wider than a window);
+:class:`Scorer` holds the predictor and the detectors, so a caller never branches on whether a
+detector reads the outputs or re-runs the network (ODIN).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+
+from oodseg.datasets import BandNormaliser
+from oodseg.detectors import Detector, InputDetector, PixelOutputs, StreamingDetector
+from oodseg.model import PRESETS, Segmenter
+from oodseg.runtime import torch_device
+from oodseg.training import PRECISIONS
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How a network runs: device, window side (``tile``), bf16 autocast, channels-last memory."""
+
+    device: str = "cpu"
+    tile: int = 1024
+    precision: str = "32"  # or "bf16-mixed"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}"
+            )
+        if self.tile < 16:
+            raise ValueError(f"the window side must be at least 16 pixels, got {self.tile}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch_device(self.device)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One image through the network: its normalised, padded input ``x`` (1, C, H', W') and the
+    logits (K, H, W) and features (F, H, W), float32 on the CPU, cropped to the image."""
+
+    x: torch.Tensor
+    logits: torch.Tensor
+    features: torch.Tensor
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.logits.shape[1:])  # type: ignore[return-value]
+
+    def pixels(self, head: torch.nn.Conv2d, mask: np.ndarray | None = None) -> PixelOutputs:
+        """The outputs at the pixels where ``mask`` (H, W) is true (every pixel without one)."""
+        m = None if mask is None else torch.from_numpy(np.asarray(mask, bool))
+        return PixelOutputs.from_maps(self.logits, self.features, m, head=head)
+
+
+@dataclass
+class Predictor:
+    """A trained network with its input normalisation and divisor."""
+
+    net: Segmenter
+    normaliser: BandNormaliser
+    preset: str
+    run: Inference = Inference()
+
+    def input(self, image: np.ndarray, source: str = "image", first_row: int = 0) -> torch.Tensor:
+        """The normalised (1, C, H', W') float32 input of a raw (H, W, C) image, edge-padded to
+        sides that are multiples of the network's divisor. A memory map is read here row by row:
+        each row is converted, checked, normalised and transposed on its own (a whole-image
+        transposing copy of a 200-band cube thrashes the cache and cost 3x as much)."""
+        mean = torch.as_tensor(self.normaliser.mean, dtype=torch.float32)
+        std = torch.as_tensor(self.normaliser.std, dtype=torch.float32)
+        h, w, c = image.shape
+        check = not np.issubdtype(image.dtype, np.integer)
+        x = torch.empty(c, h, w)
+        for r in range(h):
+            row = torch.from_numpy(np.array(image[r], np.float32))  # a copy: memmaps are read-only
+            if check and not torch.isfinite(row).all():
+                raise ValueError(f"{source}: NaN or Inf values in row {first_row + r}")
+            x[:, r] = ((row - mean) / std).T
+        d = PRESETS[self.preset].divisor
+        x = F.pad(x[None], (0, -w % d, 0, -h % d), mode="replicate")
+        return x.to(self.run.torch_device)
+
+    def window(self, x: torch.Tensor, predictor: Callable) -> tuple[torch.Tensor, ...]:
+        """``predictor`` over a padded input: one call when it fits a window of side
+        ``run.tile``, else MONAI's sliding window (windows as tall as the input, at most ``tile``
+        wide, overlapping by a quarter, Gaussian-weighted)."""
+        fmt = torch.channels_last if self.run.channels_last else torch.contiguous_format
+        self.net.to(device=x.device, memory_format=fmt).eval()
+        x = x.contiguous(memory_format=fmt)
+        bf16 = self.run.precision == "bf16-mixed"
+        with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+            h, w = x.shape[-2:]
+            if w <= self.run.tile:
+                out = predictor(x)
+                return out if isinstance(out, tuple) else (out,)
+            d = PRESETS[self.preset].divisor
+            roi = (h, self.run.tile // d * d)
+            out = sliding_window_inference(x, roi, 1, predictor, overlap=0.25, mode="gaussian")
+            return out if isinstance(out, tuple) else (out,)
+
+    def forward(self, image: np.ndarray, source: str = "image", first_row: int = 0) -> Forward:
+        """The network's outputs on a raw (H, W, C) image; ``source`` and ``first_row`` name the
+        place of a bad value in errors."""
+        h, w = image.shape[:2]
+        x = self.input(image, source, first_row)
+        logits, features = self.window(x, self.net)
+        crop = (0, slice(None), slice(0, h), slice(0, w))
+        return Forward(x, logits[crop].float().cpu(), features[crop].float().cpu())
+
+
+class Scorer:
+    """A predictor and its detectors: fits them on training pixels and gives every detector's
+    (H, W) score map of an image, re-running the network for a detector that needs it (ODIN)."""
+
+    def __init__(self, predictor: Predictor, detectors: Mapping[str, Detector]):
+        self.predictor, self.detectors = predictor, dict(detectors)
+        self.seconds = dict.fromkeys(self.detectors, 0.0)  # fitting and scoring, per detector
+
+    @property
+    def head(self) -> torch.nn.Conv2d:
+        return self.predictor.net.head
+
+    def fit(self, batches: Iterable[tuple[PixelOutputs, torch.Tensor]]) -> Scorer:
+        """Fit every detector on batches of training pixels (outputs, class indices): streamed
+        (``partial_fit``) where a detector streams, gathered once for any other."""
+        streaming = {n: d for n, d in self.detectors.items() if isinstance(d, StreamingDetector)}
+        others = [
+            d
+            for d in self.detectors.values()
+            if not isinstance(d, StreamingDetector | InputDetector)
+        ]
+        for d in streaming.values():
+            d._start()
+        gathered: list[tuple[PixelOutputs, torch.Tensor]] = []
+        for outputs, labels in batches:
+            for name, d in streaming.items():
+                with self._timed(name):
+                    d.partial_fit(outputs, labels)
+            if others:
+                gathered.append((outputs, labels))
+        if not gathered and others or any(not d.is_fitted() for d in streaming.values()):
+            raise ValueError("no training pixel to fit the detectors on")
+        if others:
+            outputs = PixelOutputs.concat([o for o, _ in gathered])
+            labels = torch.cat([lab for _, lab in gathered])
+            for name, d in self.detectors.items():
+                if d in others:
+                    with self._timed(name):
+                        d.fit(outputs, labels)
+        return self
+
+    @contextmanager
+    def _timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] += time.perf_counter() - start
+
+    def score_maps(
+        self, forward: Forward, only: Iterable[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Each detector's (H, W) score map of one image's forward pass, in float32: what a user
+        gets in a score file, what thresholds are calibrated on and compared with everywhere."""
+        h, w = forward.size
+        every = forward.pixels(self.head)
+        maps = {}
+        for name in only or self.detectors:
+            det = self.detectors[name]
+            with self._timed(name):
+                if isinstance(det, InputDetector):
+                    net = self.predictor.net
+                    (smap,) = self.predictor.window(
+                        forward.x, lambda t, det=det, net=net: det.score_image(net, t)[:, None]
+                    )
+                    maps[name] = smap[0, 0, :h, :w].float().cpu().numpy()
+                else:
+                    maps[name] = det.score(every).reshape(h, w).float().numpy()
+        return maps
