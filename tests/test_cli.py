@@ -33,7 +33,7 @@ def run(tmp_path, *args):
         (["--lr", "-1"], "learning rate must be positive"),
         # Options of another kind of data set are refused, not ignored.
         (["--scale", "0.5"], "--scale does not apply to a single scene"),
-        (["--max-frames", "4"], "--max-frames does not apply to a single scene"),
+        (["--max-frames", "4"], "--max-frames does not apply to this data set (Endoscapes only)"),
         (["--protocols", "background"], "the background protocol needs background pixels"),
         (["--fold", "17"], "--fold 17: this run has 16 jobs"),
         (["--classes", "a,b"], "--classes, --background and --ignore describe --images"),

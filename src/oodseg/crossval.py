@@ -134,15 +134,16 @@ def prepare(
     scene = config.dataset in DATASETS and data is None
     single = scene or (data is not None and len(data.items) == 1)
     what = "a single scene" if single else "a frame set"
+    endoscapes = config.dataset in FRAME_DATASETS and data is None
     refused = {
-        "split": (config.split, not single),
-        "margin": (config.margin, not single),
-        "scale": (config.scale, single),
-        "max_frames": (config.max_frames, config.dataset not in FRAME_DATASETS),
+        "split": (config.split, not single, what),
+        "margin": (config.margin, not single, what),
+        "scale": (config.scale, single, what),
+        "max_frames": (config.max_frames, not endoscapes, "this data set (Endoscapes only)"),
     }
-    for option, (value, wrong) in refused.items():
+    for option, (value, wrong, kind) in refused.items():
         if value is not None and wrong:
-            raise ValueError(f"--{option.replace('_', '-')} does not apply to {what}")
+            raise ValueError(f"--{option.replace('_', '-')} does not apply to {kind}")
     if config.dataset in FRAME_DATASETS and config.data_root is None:
         raise ValueError(f"--dataset {config.dataset} needs --data-root (its folder)")
     if config.data_root is not None and config.dataset not in FRAME_DATASETS:
@@ -219,9 +220,8 @@ def prepare(
 
 def _check_declared(collection: Collection, data: ImageDataset, source: str) -> None:
     """Every declared class and background value occurs somewhere in the masks."""
-    seen = sum(collection.counts[r] for r in ("train", "calibration", "truth", "dense"))
-    dense_seen = collection.counts["truth"] + collection.counts["dense"]
-    absent = [n for i, n in enumerate(data.class_names, 1) if not seen[i] and not dense_seen[i]]
+    seen = sum(collection.counts.values())
+    absent = [n for i, n in enumerate(data.class_names, 1) if not seen[i]]
     if absent:
         raise ValueError(f"{source}: no pixel of class {', '.join(absent)} in any mask")
     if data.ood and not seen[BACKGROUND]:

@@ -137,12 +137,13 @@ class Scorer:
 
     def fit(self, batches: Iterable[tuple[PixelOutputs, torch.Tensor]]) -> Scorer:
         """Fit every detector on batches of training pixels (outputs, class indices): streamed
-        (``partial_fit``) where a detector streams, gathered once for any other."""
+        (``partial_fit``) where a detector streams, gathered once for any other that learns
+        (one that keeps ``Detector.fit``, e.g. a logit detector, has nothing to learn)."""
         streaming = {n: d for n, d in self.detectors.items() if isinstance(d, StreamingDetector)}
         others = [
             d
             for d in self.detectors.values()
-            if not isinstance(d, StreamingDetector | InputDetector)
+            if not isinstance(d, StreamingDetector) and type(d).fit is not Detector.fit
         ]
         for d in streaming.values():
             d._start()

@@ -238,7 +238,7 @@ def markdown(res: dict) -> str:
     lines = [
         f"# {res['dataset']}: open-set segmentation from sparse annotations",
         "",
-        f"{res['description']}. Network: {cfg['network']}, {t['epochs']} epochs x "
+        f"{res['description'][:1].upper()}{res['description'][1:]}. Network: {cfg['network']}, {t['epochs']} epochs x "
         f"{t['patches_per_epoch']} patches; threshold at TPR {cfg['tpr']} of the calibration "
         f"annotations. Annotated pixels: "
         + ", ".join(f"{k} {v}" for k, v in res["annotated_pixels"].items())
