@@ -257,10 +257,12 @@ def markdown(res: dict) -> str:
         lines += ["", "## Background as OOD: baselines next to the method", ""]
         lines += ["| method | " + " | ".join(LABELS[m] for m in BASELINE_METRICS) + " |"]
         lines.append("|---" * (len(BASELINE_METRICS) + 1) + "|")
-        rows = list(res["baselines"])
-        if "background" in res["protocols"]:
-            for det, s in res["protocols"]["background"]["summary"].items():
-                rows.insert(-1, {"method": f"OOD-SEG, {det}", **{m: s[m]["mean"] for m in s}})
+        ours = [
+            {"method": f"OOD-SEG, {det}", **{m: s[m]["mean"] for m in s}}
+            for det, s in res["protocols"].get("background", {"summary": {}})["summary"].items()
+        ]
+        # The method between its bounds: the closed set first, full supervision last.
+        rows = res["baselines"][:1] + ours + res["baselines"][1:]
         for r in rows:
             cells = ["—" if r.get(m) is None else f"{r[m]:.3f}" for m in BASELINE_METRICS]
             lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
