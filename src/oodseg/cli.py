@@ -287,8 +287,11 @@ def _dataset(
 ) -> ImageDataset:
     """The data set of ``--data`` (a manifest) or of ``--images`` / ``--masks`` / ``--classes``."""
     if data is not None:
-        if images is not None or masks is not None or classes:
-            raise ValueError("give either --data, or --images / --masks / --classes, not both")
+        if images is not None or masks is not None or classes or background or ignore is not None:
+            raise ValueError(
+                "give either --data (classes, background and ignore values in the manifest), or "
+                "--images / --masks / --classes [--background --ignore], not both"
+            )
         dataset = load_manifest(data)
     elif images is not None and masks is not None and classes:
         dataset = from_folders(images, masks, _csv(classes) or (), ignore, background)

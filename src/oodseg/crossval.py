@@ -260,7 +260,8 @@ def crossval(
         earlier = json.loads(setup.read_text())
         if not _same(earlier["config"], plan.header["config"]):
             raise ValueError(
-                f"{out}: holds a run of another configuration; choose a new folder or --overwrite"
+                f"{out}: holds an interrupted run of another configuration; run without --resume "
+                "to start afresh, or choose another --out"
             )
     setup.write_text(json.dumps(plan.header, indent=2))
     jobs: list[tuple[int, Fold, bool]] = [(i, f, False) for i, f in enumerate(plan.jobs)]
@@ -300,11 +301,9 @@ def crossval(
                 )
                 write_fold(out, order, result, collection=c, seconds=time.perf_counter() - t)
     fold_files = load_fold_files(out)
-    header = {**plan.header, "seconds": round(time.perf_counter() - start, 1)}
-    earlier_seconds = sum(
-        f["seconds"] for f in fold_files if f["order"] not in {j[0] for j in jobs}
-    )
-    header["seconds"] += round(earlier_seconds, 1)
+    # Wall time of this run, plus the time of the folds an interrupted run had finished.
+    kept = sum(f["seconds"] for f in fold_files if f["order"] in done)
+    header = {**plan.header, "seconds": round(time.perf_counter() - start + kept, 1)}
     skipped = plan.skipped if config.fold in (None, 1) else []
     results = assemble(header, fold_files, skipped)
     write_run(out, results)

@@ -140,11 +140,11 @@ class Scorer:
         (``partial_fit``) where a detector streams, gathered once for any other that learns
         (one that keeps ``Detector.fit``, e.g. a logit detector, has nothing to learn)."""
         streaming = {n: d for n, d in self.detectors.items() if isinstance(d, StreamingDetector)}
-        others = [
-            d
-            for d in self.detectors.values()
+        others = {
+            n: d
+            for n, d in self.detectors.items()
             if not isinstance(d, StreamingDetector) and type(d).fit is not Detector.fit
-        ]
+        }
         for d in streaming.values():
             d._start()
         gathered: list[tuple[PixelOutputs, torch.Tensor]] = []
@@ -154,15 +154,14 @@ class Scorer:
                     d.partial_fit(outputs, labels)
             if others:
                 gathered.append((outputs, labels))
-        if not gathered and others or any(not d.is_fitted() for d in streaming.values()):
+        if (others and not gathered) or any(not d.is_fitted() for d in streaming.values()):
             raise ValueError("no training pixel to fit the detectors on")
         if others:
             outputs = PixelOutputs.concat([o for o, _ in gathered])
             labels = torch.cat([lab for _, lab in gathered])
-            for name, d in self.detectors.items():
-                if d in others:
-                    with self._timed(name):
-                        d.fit(outputs, labels)
+            for name, d in others.items():
+                with self._timed(name):
+                    d.fit(outputs, labels)
         return self
 
     @contextmanager

@@ -230,11 +230,9 @@ def dataset_collection(
                 "here; declare no background, or give several images"
             )
         scene = Scene(name, image, dense.astype(np.int64), data.class_names, _rgb(image))
-        collection = scene_collection(
+        return scene_collection(
             scene, split, annotation=annotation, budget=budget, margin=margin, seed=seed
         )
-        collection.rgb_bands = _rgb(image)
-        return collection
     splits = assign_splits(data, seed, source)
     items = [
         DenseItem(item.name, s, functools.partial(read, item))
@@ -245,7 +243,7 @@ def dataset_collection(
         if any(i.split_given for i in data.items)
         else ("a seeded split by " + ("group" if any(i.group for i in data.items) else "image"))
     )
-    collection = frames_collection(
+    return frames_collection(
         name,
         data.class_names,
         items,
@@ -255,7 +253,6 @@ def dataset_collection(
         description=f"{how}, "
         + (f"images resized by {scale}, " if scale != 1 else "images at their own sizes, "),
     )
-    return collection
 
 
 def _resized(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -302,7 +299,7 @@ def assign_splits(data: ImageDataset, seed: int, source: str) -> list[str]:
     for needed in ("train", "val", "test"):
         if needed not in splits:
             raise ValueError(
-                f"no {needed} image: cross-validation needs train, val and test images"
+                f"{source}: no {needed} image: cross-validation needs train, val and test images"
             )
     return splits
 
