@@ -13,48 +13,21 @@ import re
 import sys
 from pathlib import Path
 
+from oodseg import report
+
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- headline -->"
 
 
 def headline(runs: list[tuple[str, str, Path]]) -> str:
-    lines = [
-        "| data set, protocol | folds | best detector: AUROC | GEN: AUROC | GEN: test TPR / OOD "
-        "recall | GEN: K+1 mIoU | closed set: K+1 mIoU | fully supervised: AUROC | time |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    """One line per run and protocol: the report's headline (:func:`oodseg.report.headline`)."""
+    lines = [f"| data set, protocol | {report.HEADLINE_COLUMNS} | time |", "|---" * 9 + "|"]
     for title, _, run in runs:
         res = json.loads((run / "results.json").read_text())
-        baselines = {b["method"].split(",")[0].split(" (")[0]: b for b in res["baselines"]}
-        for protocol, sub in res["protocols"].items():
-            s = sub["summary"]
-            best = max(s, key=lambda d: s[d]["auroc"]["mean"])
-            gen = s.get("gen")
-            folds = len({r["held_out"] for r in sub["folds"]})
-            closed = baselines.get("closed-set arg-max") if protocol == "background" else None
-            closed_miou = (
-                closed["miou_k_plus_1"]
-                if closed
-                else _mean([r["closed_set_miou"] for r in sub["folds"] if "closed_set_miou" in r])
-            )
-            full = baselines.get("fully supervised") if protocol == "background" else None
-            cells = [
-                f"{title}, {protocol}",
-                str(folds),
-                f"{best} {s[best]['auroc']['mean']:.3f}",
-                f"{gen['auroc']['mean']:.3f}" if gen else "—",
-                f"{gen['test_tpr']['mean']:.2f} / {gen['ood_recall']['mean']:.2f}" if gen else "—",
-                f"{gen['miou_k_plus_1']['mean']:.3f}" if gen else "—",
-                "—" if closed_miou is None else f"{closed_miou:.3f}",
-                f"{full['auroc']:.3f}" if full else "—",
-                f"{res['seconds'] / 60:.0f} min",
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+        for h in report.headline(res):
+            cells = [f"{title}, {h['protocol']}", *report.headline_cells(h)]
+            lines.append("| " + " | ".join([*cells, f"{res['seconds'] / 60:.0f} min"]) + " |")
     return "\n".join(lines)
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 def main(*triples: str) -> None:

@@ -133,14 +133,21 @@ def test_every_detector_restores_from_its_stored_state(name):
     rng = np.random.default_rng(0)
     w, b = torch.from_numpy(rng.normal(size=(3, 8))), torch.from_numpy(rng.normal(size=3))
     feats = torch.from_numpy(rng.normal(size=(300, 8)))
-    train_out = PixelOutputs(feats @ w.T + b, feats, w, b)
+    known = torch.from_numpy(rng.normal(size=300))  # a known-vs-unknown head's logit (pu)
+
+    def outputs(x: torch.Tensor, k: torch.Tensor) -> PixelOutputs:
+        return PixelOutputs(x @ w.T + b, x, w, b, k)
+
+    train_out = outputs(feats, known)
     labels = torch.from_numpy(rng.integers(0, 3, 300))
     det = make_detector(name).fit(train_out, labels)
+    if det.needs_calibration:  # fused: z-scores from calibration pixels
+        det.calibrate(outputs(feats[:100], known[:100]))
     tensors, numbers = det.fitted_state()
     json.dumps(det.params())  # plain values only
     restored = type(det).restore(json.loads(json.dumps(det.params())), tensors, numbers)
     x = torch.from_numpy(rng.normal(size=(50, 8)))
-    test_out = PixelOutputs(x @ w.T + b, x, w, b)
+    test_out = outputs(x, torch.from_numpy(rng.normal(size=50)))
     torch.testing.assert_close(restored.score(test_out), det.score(test_out), rtol=0, atol=0)
 
 
@@ -167,7 +174,7 @@ def dataset(crops, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle_dir(dataset, tmp_path_factory):
     torch.manual_seed(0)
-    bundle = train(load_manifest(dataset), detector="mahalanobis", config=QUICK)
+    bundle = train(load_manifest(dataset), detector="mahalanobis", threshold="tpr", config=QUICK)
     out = tmp_path_factory.mktemp("models") / "tissue"
     bundle.save(out)
     return bundle, out
@@ -325,6 +332,8 @@ def test_bad_data_is_refused_with_the_file_named_and_nothing_written(crops, tmp_
         (["--epochs", "0"], "epochs must be at least 1"),
         (["--precision", "16"], "unknown precision '16'"),
         (["--patch", "30"], "patch side must be a multiple of 16"),
+        (["--threshold", "otsu"], "unknown threshold rule 'otsu'"),
+        (["--detector", "pu"], "the pu detector needs --unlabelled nnpu"),
     ],
 )
 def test_bad_options_are_refused_before_reading_or_training(dataset, tmp_path, args, message):
@@ -504,6 +513,8 @@ def test_ddp_training_with_two_processes_reduces_the_detector_exactly(dataset, t
         "ddp",
         "--detector",
         "mahalanobis",
+        "--threshold",
+        "tpr",
     )
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -578,3 +589,38 @@ def test_two_endoscapes_frames_train_save_reload_and_predict_bit_identical(share
     again = predict_in_new_process(tmp_path / "model", frame, tmp_path)
     np.testing.assert_array_equal(again[0], labels)
     np.testing.assert_array_equal(again[1], scores)
+
+
+def test_every_option_that_shapes_prediction_travels_with_the_bundle(dataset, crops, tmp_path):
+    """A known-vs-unknown head (nnPU), the PU threshold rule, flip TTA, score smoothing, a
+    spectral PCA input and a spectral stem: saved, reloaded and predicting the same maps, from the
+    bundle alone."""
+    config = TrainConfig(
+        epochs=2,
+        patches_per_epoch=8,
+        batch_size=4,
+        device="cpu",
+        unlabelled="nnpu",
+        tta="flip",
+        smooth=1.5,
+        input_pca=16,
+        stem=8,
+    )
+    bundle = train(load_manifest(dataset), detector="pu", threshold="pu", config=config)
+    assert bundle.net.known_head is not None and bundle.normaliser.channels == 16
+    assert bundle.threshold_rule == "pu" and 0 < bundle.id_share < 1
+    out = bundle.save(tmp_path / "model")
+    again = load_bundle(out)
+    assert (again.tta, again.smooth, again.threshold_rule) == ("flip", 1.5, "pu")
+    assert again.net.stem.out_channels == 8
+    np.testing.assert_array_equal(again.normaliser.projection, bundle.normaliser.projection)
+    cube = crops[1][0]
+    labels, scores = bundle.predict(cube)
+    labels2, scores2 = again.predict(cube)
+    np.testing.assert_array_equal(labels, labels2)
+    np.testing.assert_array_equal(scores, scores2)
+    # The PU rule flags the estimated OOD share of the calibration image's unlabelled pixels.
+    cal_cube, _, strokes = crops[2]
+    _, cal_scores = bundle.predict(cal_cube)
+    flagged = (cal_scores[strokes == 0] < bundle.threshold).mean()
+    assert flagged == pytest.approx(1 - bundle.id_share, abs=0.02)

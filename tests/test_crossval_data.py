@@ -24,9 +24,11 @@ IP_CLASSES = ("Corn-notill", "Soybean-mintill", "Grass-trees", "Woods")
 IP_IDS = (2, 11, 6, 14)
 QUICK = ["--epochs", "8", "--patches-per-epoch", "32", "--device", "cpu"]
 # Measured on the 2-core CPU with these settings (see the test below); shuffled scores give ~0.5.
-# Measured: background gen 0.724, mahalanobis 0.728; loco (3 folds) gen 0.747, mahalanobis 0.698.
-HSI_BOUND = {"background": 0.66, "loco": 0.68}
-# Measured (3 training frames): loco (gallbladder, tool) gen 0.751, mahalanobis 0.723; background
+# Measured: background gen 0.815, mahalanobis 0.709; loco (3 folds) gen 0.774, mahalanobis 0.817
+# (before score smoothing became the default: 0.724, 0.728; 0.747, 0.698).
+HSI_BOUND = {"background": 0.72, "loco": 0.72}
+# Measured before score smoothing became the default, and still passed with it (3 training
+# frames): loco (gallbladder, tool) gen 0.751, mahalanobis 0.723; background
 # gen 0.444, mahalanobis 0.554 -- three frames do not teach the sparse method the background, while
 # the fully supervised baseline, trained on it, reaches 0.914.
 RGB_BOUND = {"loco": 0.68, "fully_supervised": 0.85}
@@ -82,9 +84,9 @@ def test_hyperspectral_collection_runs_both_protocols(hsi_run):
     assert [r["held_out"] for r in background["folds"]] == ["background", "background"]
     assert {r["held_out"] for r in loco["folds"]} == set(IP_CLASSES)
     assert len(loco["folds"]) == 2 * len(IP_CLASSES)
-    assert [b["method"] for b in res["baselines"]] == [
+    assert [b["method"] for b in background["baselines"]] == [
         "closed-set arg-max (no OOD)",
-        "fully supervised, background as a class (dense masks)",
+        "fully supervised (background as a class; dense masks)",
     ]
     for protocol, bound in HSI_BOUND.items():
         summary = res["protocols"][protocol]["summary"]
@@ -200,7 +202,7 @@ def test_rgb_frames_of_two_sizes_run_end_to_end(endoscapes, tmp_path):
     assert {r["held_out"] for r in res["protocols"]["loco"]["folds"]} == {"gallbladder", "tool"}
     summary = res["protocols"]["loco"]["summary"]
     assert max(s["auroc"]["mean"] for s in summary.values()) > RGB_BOUND["loco"]
-    assert res["baselines"][1]["auroc"] > RGB_BOUND["fully_supervised"]
+    assert res["protocols"]["background"]["baselines"][1]["auroc"] > RGB_BOUND["fully_supervised"]
     row = res["protocols"]["background"]["folds"][0]
     assert row["images_with_both"] >= 2 and row["n_id"] > 1000
 

@@ -16,6 +16,7 @@ COMMON = [
     "3",
     "--device",
     "cpu",
+    "--no-baselines",
 ]
 
 

@@ -68,3 +68,33 @@ def test_normaliser_uses_only_the_training_region(indian_pines):
     np.testing.assert_allclose(out[region].std(axis=0), 1, atol=1e-3)
     # Test-region statistics are not forced to zero mean.
     assert np.abs(out[~region].mean(axis=0)).max() > 0.05
+
+
+def test_spectral_pca_input_is_scikit_learns_pca_of_the_training_pixels(indian_pines):
+    """collect() merges the bands' covariance image by image; the projection it gives equals
+    scikit-learn's PCA of the standardised training pixels (up to each component's sign), scaled
+    by one factor to a mean variance of 1, so the components keep their relative variances."""
+    from sklearn.decomposition import PCA
+
+    from oodseg.engine import collect
+    from oodseg.sources import scene_collection
+
+    collection = collect(scene_collection(indian_pines, "blocks"), input_pca=12)
+    norm = collection.normaliser
+    assert norm.channels == 12 and norm.projection.shape == (12, 200)
+    region = collection.load(0).normalise
+    pixels = indian_pines.cube[region].astype(np.float64)
+    z = (pixels - norm.mean) / norm.std
+    ours = norm(pixels)
+    ref = PCA(12, svd_solver="full").fit(z)
+    theirs = ref.transform(z) / np.sqrt(ref.explained_variance_.mean() * (len(z) - 1) / len(z))
+    signs = np.sign((ours * theirs).sum(0))
+    np.testing.assert_allclose(ours, theirs * signs, rtol=1e-3, atol=2e-3)
+    variances = np.cov(ours.T, ddof=0)
+    np.testing.assert_allclose(variances, np.diag(np.diag(variances)), atol=1e-4)  # uncorrelated
+    assert np.diag(variances).mean() == pytest.approx(1, abs=1e-4)
+    np.testing.assert_allclose(
+        np.diag(variances), ref.explained_variance_ / ref.explained_variance_.mean(), rtol=1e-3
+    )
+    with pytest.raises(ValueError, match="--input-pca keeps between 1 and 199"):
+        norm.with_pca(np.eye(200), 200)

@@ -79,7 +79,7 @@ def test_params_come_from_the_constructor_signature():
         "k": 3,
         "bank_size": 20000,
         "seed": 0,
-        "search": "kdtree",
+        "search": "auto",
         "chunk": 8192,
     }
     assert make_detector("msp").params() == {}

@@ -172,10 +172,11 @@ def test_report_has_baselines_protocol_tables_and_figures(quick_run):
     assert res == json.loads((out / "results.json").read_text())
     assert res["images"] == 24 and "8 train, 8 val, 8 test images" in res["description"]
     assert "Murali" in res["credit"]
-    methods = [b["method"] for b in res["baselines"]]
+    baselines = res["protocols"]["background"]["baselines"]
+    methods = [b["method"] for b in baselines]
     assert methods[0] == "closed-set arg-max (no OOD)"
     assert methods[1].startswith("fully supervised")
-    closed = res["baselines"][0]
+    closed = baselines[0]
     assert closed["ood_recall"] == 0 and closed["iou_k_plus_1"]["OOD"] == 0
     md = (out / "results.md").read_text()
     assert "| closed-set arg-max (no OOD) | — | — |" in md

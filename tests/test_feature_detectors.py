@@ -90,7 +90,7 @@ def test_shrinkage_keeps_mahalanobis_finite_with_fewer_pixels_than_features():
         assert np.isfinite(got).all(), name
 
 
-@pytest.mark.parametrize("search", ["kdtree", "brute"])
+@pytest.mark.parametrize("search", ["kdtree", "brute", "auto"])
 def test_knn_matches_brute_force_cosine_and_is_chunk_invariant(search):
     feats, labels, w, b = data()
     x, *_ = data(300, seed=1)
@@ -194,3 +194,30 @@ def test_odin_matches_the_analytic_gradient_of_a_linear_network():
     perturbed = pix + eps * np.sign(grad)
     expected = softmax(perturbed @ w.T / t, axis=1).max(1).reshape(4, 6)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+
+
+def test_fused_is_the_mean_of_z_scores_on_the_calibration_pixels_and_restores_exactly():
+    feats, labels, w, b = data()
+    cal, *_ = data(300, seed=2)
+    x, *_ = data(200, seed=1)
+    fused = make_detector("fused", components=("gen", "mahalanobis"))
+    fused.fit(outputs(feats, w, b), torch.from_numpy(labels))
+    with pytest.raises(ValueError, match="not fitted"):
+        fused.score(outputs(x, w, b))  # no calibration pixels yet
+    for part in np.array_split(np.arange(len(cal)), 3):  # calibration streamed in batches
+        fused.calibrate(outputs(cal[part], w, b))
+    parts = [
+        fit_score(name, outputs(feats, w, b), labels, outputs(v, w, b))[1]
+        for name in ("gen", "mahalanobis")
+        for v in (cal, x)
+    ]
+    (gen_cal, gen_x), (maha_cal, maha_x) = parts[:2], parts[2:]
+    expected = (
+        (gen_x - gen_cal.mean()) / gen_cal.std() + (maha_x - maha_cal.mean()) / maha_cal.std()
+    ) / 2
+    np.testing.assert_allclose(fused.score(outputs(x, w, b)).numpy(), expected, rtol=1e-9)
+    tensors, numbers = fused.fitted_state()
+    again = type(fused).restore(fused.params(), tensors, numbers)
+    torch.testing.assert_close(again.score(outputs(x, w, b)), fused.score(outputs(x, w, b)))
+    with pytest.raises(ValueError, match="two or more pixel-wise detectors"):
+        make_detector("fused", components=("gen", "odin"))

@@ -139,3 +139,55 @@ def test_per_image_average():
     assert got["auroc"] == pytest.approx(
         np.mean([ood_metrics(i, o)["auroc"] for i, o in images[:3]])
     )
+
+
+@pytest.mark.parametrize("name,id_s,ood_s", list(cases()), ids=[c[0] for c in cases()])
+def test_metrics_summed_over_small_chunks_equal_scikit_learn(name, id_s, ood_s, monkeypatch):
+    import oodseg.metrics
+
+    monkeypatch.setattr(oodseg.metrics, "CHUNK", 7)  # many chunks, boundaries everywhere
+    ours = ood_metrics(id_s, ood_s)
+    for k, v in sklearn_metrics(id_s, ood_s).items():
+        assert ours[k] == pytest.approx(v, abs=1e-12), k
+
+
+def test_thinned_roc_follows_the_full_curve():
+    from oodseg.metrics import CURVE_POINTS, separation, tie_groups
+
+    rng = np.random.default_rng(4)
+    id_s, ood_s = rng.normal(1, 1, 200_000), rng.normal(0, 1, 100_000)
+    _, roc = separation(*tie_groups(id_s, ood_s))
+    fpr, tpr, _ = roc_curve(np.r_[np.ones(len(id_s)), np.zeros(len(ood_s))], np.r_[id_s, ood_s])
+    assert len(roc.fpr) <= 2 * CURVE_POINTS + 2 < len(fpr)
+    assert (roc.fpr[0], roc.tpr[0], roc.fpr[-1], roc.tpr[-1]) == (0, 0, 1, 1)
+    # Between kept points the full curve moves by less than a grid step.
+    np.testing.assert_allclose(np.interp(fpr, roc.fpr, roc.tpr), tpr, atol=2 / CURVE_POINTS)
+
+
+def test_threshold_sweep_equals_the_k_plus_1_map_at_every_candidate():
+    from oodseg.metrics import ThresholdSweep
+
+    rng = np.random.default_rng(5)
+    k, n = 4, 5000
+    truth = rng.integers(0, k + 1, n)  # index k: OOD
+    argmax = np.where(rng.random(n) < 0.7, np.minimum(truth, k - 1), rng.integers(0, k, n))
+    scores = (rng.normal(0, 1, n) + (truth < k)).astype(np.float32)
+    candidates = np.quantile(scores, np.linspace(0, 1, 40)).astype(np.float32)
+    sweep = ThresholdSweep(candidates, k)
+    for part in np.array_split(np.arange(n), 3):  # streamed
+        sweep.add(scores[part], truth[part], argmax[part])
+    for t in sweep.candidates[::5]:
+        pred = np.where(scores >= t, argmax, k)
+        seg = segmentation_metrics(truth, pred, k + 1)
+        got = sweep.at(float(t))
+        is_id = truth < k
+        assert got["test_tpr"] == pytest.approx((pred[is_id] < k).mean(), abs=1e-12)
+        assert got["ood_recall"] == pytest.approx((pred[~is_id] == k).mean(), abs=1e-12)
+        assert got["id_accuracy"] == pytest.approx((pred[is_id] == truth[is_id]).mean())
+        assert got["miou_k_plus_1"] == pytest.approx(seg["miou"], abs=1e-12)
+    best = sweep.best()
+    assert best["balanced_accuracy"] == max(
+        sweep.at(float(t))["balanced_accuracy"] for t in sweep.candidates
+    )
+    with pytest.raises(ValueError, match="candidates"):
+        sweep.at(123.0)

@@ -26,6 +26,19 @@ def test_small_network_returns_logits_and_features_at_full_resolution():
     torch.testing.assert_close(logits, manual, rtol=1e-4, atol=1e-4)
 
 
+def test_spectral_stem_is_a_linear_map_of_the_bands_before_the_backbone():
+    net = build_network("small", in_channels=40, num_classes=3, stem=8).eval()
+    assert net.stem.in_channels == 40 and net.stem.out_channels == 8
+    assert net.backbone.conv_0.conv_0.conv.in_channels == 8  # the backbone sees the stem's maps
+    x = torch.randn(1, 40, 32, 32)
+    mapped = torch.einsum("cb,nbhw->nchw", net.stem.weight[:, :, 0, 0], x)
+    mapped = mapped + net.stem.bias[None, :, None, None]
+    torch.testing.assert_close(net.stem(x), mapped, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(net(x)[0], net.head(net.backbone(mapped)), rtol=1e-4, atol=1e-4)
+    # Images of no more bands than the stem's channels go to the backbone as they are.
+    assert build_network("small", in_channels=8, num_classes=3, stem=8).stem is None
+
+
 def test_hypercolumn_features_concatenate_every_decoder_stage_under_a_linear_head():
     net = build_network("small", in_channels=5, num_classes=3, features="hypercolumn").eval()
     logits, features = net(torch.randn(1, 5, 40, 48))
@@ -187,3 +200,105 @@ def test_bf16_autocast_and_channels_last_train_and_infer_like_float32():
     torch.testing.assert_close(fast.logits, reference, rtol=0.05, atol=0.05)
     with pytest.raises(ValueError, match="unknown precision '16'"):
         TrainConfig(precision="16")
+
+
+def test_nnpu_risk_is_its_formula_with_the_defitting_step():
+    from oodseg.training import PAD, nnpu_risk
+
+    rng = np.random.default_rng(0)
+    g = torch.from_numpy(rng.normal(size=(2, 6, 5)))
+    target = torch.from_numpy(rng.choice([IGNORE, PAD, 0, 1, 2], size=(2, 6, 5)))
+    prior = 0.3
+    gp, gu = g.numpy()[target.numpy() >= 0], g.numpy()[target.numpy() == IGNORE]
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    negative = sig(gu).mean() - prior * sig(gp).mean()
+    loss, risk = nnpu_risk(g, target, prior)
+    assert float(risk) == pytest.approx(prior * sig(-gp).mean() + max(0.0, negative), abs=1e-12)
+    expected = prior * sig(-gp).mean() + negative if negative >= 0 else -negative
+    assert float(loss) == pytest.approx(expected, abs=1e-12)
+    # Unlabelled pixels scored far more "known" than the positives: the negative part goes below
+    # zero, and the loss to minimise is its negation (it pushes the unlabelled scores down).
+    high = torch.where(target == IGNORE, torch.full_like(g, -8.0), torch.full_like(g, 8.0))
+    loss, risk = nnpu_risk(high, target, 0.9)
+    sig_p, sig_u = sig(8.0), sig(-8.0)
+    assert float(risk) == pytest.approx(0.9 * sig(-8.0), abs=1e-12)
+    assert float(loss) == pytest.approx(-(sig_u - 0.9 * sig_p), abs=1e-12)
+
+
+def test_nnpu_learns_the_positive_vs_negative_boundary_from_positive_and_unlabelled_data():
+    """1-D toy: positives N(2, 1), negatives N(-2, 1), unlabelled a 40 / 60 mixture. A linear
+    classifier trained on the nnPU risk alone places its boundary near the Bayes boundary of
+    that mixture, ln(0.6 / 0.4) / 4 = 0.10, and separates positives from negatives."""
+    from oodseg.training import nnpu_risk
+
+    gen = torch.Generator().manual_seed(0)
+    pos = torch.randn(4000, generator=gen) + 2
+    is_pos = torch.rand(20000, generator=gen) < 0.4
+    unl = torch.where(
+        is_pos, torch.randn(20000, generator=gen) + 2, torch.randn(20000, generator=gen) - 2
+    )
+    x = torch.cat([pos, unl])
+    target = torch.cat([torch.zeros(4000, dtype=torch.long), torch.full((20000,), IGNORE)])
+    a = torch.ones(1, requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([a, b], lr=0.05)
+    for _ in range(600):
+        opt.zero_grad()
+        loss, _ = nnpu_risk(a * x + b, target, 0.4)
+        loss.backward()
+        opt.step()
+    boundary = float(-b.detach() / a.detach())
+    assert boundary == pytest.approx(np.log(0.6 / 0.4) / 4, abs=0.25)
+    truth = torch.cat([torch.ones(4000, dtype=torch.bool), is_pos])
+    accuracy = float(((a * x + b > 0) == truth).float().mean())
+    assert accuracy > 0.95
+
+
+def test_known_head_scores_are_the_head_outputs_and_need_the_head():
+    from oodseg.detectors import PixelOutputs, make_detector
+
+    torch.manual_seed(0)
+    net = build_network("small", 4, 3, known_head=True).eval()
+    forward = predictor(net, 4).forward(np.random.default_rng(0).normal(size=(32, 48, 4)))
+    with torch.no_grad():
+        expected = net.known_head(forward.features[None])[0, 0]
+    assert forward.known.shape == (32, 48)
+    torch.testing.assert_close(forward.known, expected, rtol=1e-5, atol=1e-5)
+    pu = make_detector("pu")
+    scores = pu.score(forward.pixels(net.head))
+    torch.testing.assert_close(scores.float(), expected.flatten(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="--unlabelled nnpu"):
+        pu.score(PixelOutputs(forward.logits.flatten(1).T, forward.features.flatten(1).T))
+
+
+def test_uniform_patches_reach_pixels_far_from_any_annotation():
+    """With a PU head half the patches are placed uniformly: they cover the whole image, where
+    anchored patches stay around the annotated corner."""
+    image = torch.zeros(1, 96, 96)
+    target = torch.full((96, 96), IGNORE)
+    target[:4, :4] = 0
+    anchored = PatchDataset([(image, target)], 16, 200, seed=0)
+    mixed = PatchDataset([(image, target)], 16, 200, seed=0, uniform=0.5, areas=[96 * 96])
+    seen = lambda ds: sum(int((ds[i][1] >= 0).any()) for i in range(len(ds)))  # noqa: E731
+    assert seen(anchored) == 200
+    assert 60 < seen(mixed) < 140
+
+
+@pytest.mark.parametrize("tta,views", [("flip", 4), ("dihedral", 8)])
+def test_test_time_augmentation_averages_the_outputs_of_every_view(tta, views):
+    torch.manual_seed(0)
+    net = build_network("small", 3, 2).eval()
+    image = np.random.default_rng(1).normal(size=(32, 48, 3))
+    identity = BandNormaliser(np.zeros(3), np.ones(3))
+    got = Predictor(net, identity, "small", Inference(tta=tta)).forward(image)
+    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
+    total = 0
+    with torch.no_grad():
+        for turns in (0, 1) if views == 8 else (0,):
+            for dims in ([], [-2], [-1], [-2, -1]):
+                view = torch.rot90(x.flip(dims) if dims else x, turns, (-2, -1))
+                logits = torch.rot90(net(view)[0], -turns, (-2, -1))
+                total = total + (logits.flip(dims) if dims else logits)
+    torch.testing.assert_close(got.logits, total[0] / views, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        Inference(tta="rot45")

@@ -29,8 +29,13 @@ from oodseg.manifest import ImageDataset, from_folders, load_manifest
 from oodseg.metrics import ood_metrics, segmentation_metrics
 from oodseg.model import PRESETS, Segmenter, build_network
 from oodseg.splits import Split, make_split
-from oodseg.threshold import calibrate_threshold, open_set_labels
-from oodseg.training import TrainConfig, fit
+from oodseg.threshold import (
+    calibrate_threshold,
+    mixture_proportion,
+    open_set_labels,
+    operating_points,
+)
+from oodseg.training import TrainConfig, fit, nnpu_risk
 
 __all__ = [
     "DATASETS",
@@ -68,8 +73,11 @@ __all__ = [
     "load_dataset",
     "make_detector",
     "make_split",
+    "mixture_proportion",
+    "nnpu_risk",
     "ood_metrics",
     "open_set_labels",
+    "operating_points",
     "register",
     "segmentation_metrics",
     "simulate_annotations",

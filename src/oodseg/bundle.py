@@ -26,6 +26,7 @@ from oodseg.io import write_folder
 from oodseg.manifest import ImageDataset, read_all
 from oodseg.model import Segmenter, build_network
 from oodseg.runtime import package_versions
+from oodseg.threshold import DEFAULT_RULE, RULES
 from oodseg.training import TrainConfig
 
 FORMAT_VERSION = 1
@@ -45,6 +46,10 @@ class Bundle:
     preset: str
     features: str
     info: dict = field(default_factory=dict)  # training set-up and data description
+    threshold_rule: str = "tpr"  # how the threshold was chosen (oodseg.threshold.RULES)
+    id_share: float | None = None  # BBE's estimate of the ID share among unlabelled pixels
+    tta: str = "none"  # test-time augmentation the threshold was calibrated with
+    smooth: float = 0.0  # score-map smoothing the threshold was calibrated with
 
     @property
     def bands(self) -> int:
@@ -66,7 +71,7 @@ class Bundle:
         memory works; each strip goes through MONAI's sliding window in windows as tall as the
         strip and at most ``tile`` wide (overlapping by a quarter only where the strip is wider).
         ``precision="bf16-mixed"`` and ``channels_last`` are for GPUs."""
-        run = Inference(device, tile, precision, channels_last)
+        run = Inference(device, tile, precision, channels_last, self.tta, self.smooth)
         if image.ndim != 3 or image.shape[-1] != self.bands:
             raise ValueError(
                 f"{source}: expected (H, W, {self.bands}) for this model, got shape {image.shape}"
@@ -113,13 +118,22 @@ class Bundle:
             "normalisation": {
                 "mean": self.normaliser.mean.tolist(),
                 "std": self.normaliser.std.tolist(),
+                "projection": None
+                if self.normaliser.projection is None
+                else self.normaliser.projection.tolist(),
             },
             "preset": self.preset,
             "features": self.features,
+            "known_head": self.net.known_head is not None,
+            "stem": 0 if self.net.stem is None else self.net.stem.out_channels,
             "detector": {"name": self.detector.name, "params": self.detector.params()},
             "detector_numbers": numbers,
             "threshold": self.threshold,
+            "threshold_rule": self.threshold_rule,
             "tpr": self.tpr,
+            "id_share_estimate": self.id_share,
+            "tta": self.tta,
+            "smooth": self.smooth,
             "info": self.info,
             "versions": package_versions(),
         }
@@ -148,18 +162,27 @@ def load_bundle(path: str | Path) -> Bundle:
         name = meta["detector"]["name"]
         if name not in DETECTORS:
             raise ValueError(f"{meta_path}: unknown detector {name!r} (a plug-in not imported?)")
+        norm = meta["normalisation"]
+        projection = norm.get("projection")
+        normaliser = BandNormaliser(
+            np.asarray(norm["mean"]),
+            np.asarray(norm["std"]),
+            None if projection is None else np.asarray(projection),
+        )
         torch.manual_seed(0)
         net = build_network(
-            meta["preset"], meta["bands"], len(meta["class_names"]), features=meta["features"]
+            meta["preset"],
+            normaliser.channels,
+            len(meta["class_names"]),
+            features=meta["features"],
+            known_head=meta.get("known_head", False),
+            stem=meta.get("stem", 0),
         )
         net.load_state_dict(_tensors(path / "model.safetensors"))
         detector = DETECTORS[name].restore(
             meta["detector"]["params"],
             _tensors(path / "detector.safetensors"),
             meta["detector_numbers"],
-        )
-        normaliser = BandNormaliser(
-            np.asarray(meta["normalisation"]["mean"]), np.asarray(meta["normalisation"]["std"])
         )
         return Bundle(
             net.eval(),
@@ -171,6 +194,10 @@ def load_bundle(path: str | Path) -> Bundle:
             meta["preset"],
             meta["features"],
             meta.get("info", {}),
+            meta.get("threshold_rule", "tpr"),
+            meta.get("id_share_estimate"),
+            meta.get("tta", "none"),
+            meta.get("smooth", 0.0),
         )
     except KeyError as e:
         raise ValueError(f"{meta_path}: the bundle description lacks {e}") from None
@@ -190,22 +217,28 @@ def train(
     *,
     detector: str = "gen",
     tpr: float = 0.95,
+    threshold: str = DEFAULT_RULE,
     config: TrainConfig | None = None,
     calibration_share: float = 0.25,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
 ) -> Bundle:
     """Train a bundle on a data set's training images (sparse masks), through the fold engine with
-    every class known. The threshold keeps ``tpr`` of the calibration annotations: the ``val``
-    images' if the data set has some, else a seeded ``calibration_share`` of each class's strokes
-    (connected components; at least one of a class's strokes once it has two), held out of
-    training. With ``checkpoint_dir``, training checkpoints every epoch and ``resume`` continues
+    every class known. The ``threshold`` rule (:mod:`oodseg.threshold`) works from the
+    calibration annotations (``tpr``: keep that share of them) and the calibration images'
+    unlabelled pixels (``pu``): the ``val`` images' if the data set has some, else a seeded
+    ``calibration_share`` of each class's strokes (connected components; at least one of a
+    class's strokes once it has two), held out of training. With ``checkpoint_dir``, training checkpoints every epoch and ``resume`` continues
     from there. Mask pixels of the data set's ``ood`` values are never trained on."""
     config = config or TrainConfig()
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; choose from: {', '.join(DETECTORS)}")
     if not 0 < tpr < 1:
         raise ValueError(f"target TPR must be strictly between 0 and 1, got {tpr}")
+    if threshold not in RULES:
+        raise ValueError(f"unknown threshold rule {threshold!r}; choose one of: {', '.join(RULES)}")
+    if detector == "pu" and not config.known_head:
+        raise ValueError("the pu detector needs --unlabelled nnpu (or nnpu-head)")
     if not 0 < calibration_share < 1:
         raise ValueError(f"calibration share must be in (0, 1), got {calibration_share}")
     k = len(data.class_names)
@@ -242,21 +275,23 @@ def train(
         ),
         description="",
     )
-    collect(collection)
+    collect(collection, input_pca=config.input_pca)
     known = tuple(range(1, k + 1))
     net = train_network(collection, known, config, checkpoint_dir=checkpoint_dir, resume=resume)
     broadcast_module(net)
-    run = Inference(config.device, precision=config.precision, channels_last=config.channels_last)
+    run = Inference.of(config)
     # After distributed training every process holds the same network: each runs its share of
     # the images and the per-image results are gathered in image order, so the detector and the
     # threshold are exactly what one process would compute.
-    scorer, thresholds, _ = fit_scorer(collection, net, known, [detector], tpr, run)
+    fitted = fit_scorer(
+        collection, net, known, [detector], tpr, run, rule=threshold, seed=config.seed
+    )
     return Bundle(
         net.eval(),
-        scorer.detectors[detector],
+        fitted.scorer.detectors[detector],
         data.class_names,
         collection.normaliser,
-        thresholds[detector],
+        fitted.thresholds[detector],
         tpr,
         config.preset,
         config.features,
@@ -274,6 +309,10 @@ def train(
             if data.split("val")
             else f"{calibration_share:.0%} of strokes",
         },
+        threshold,
+        fitted.points[detector].id_share,
+        config.tta,
+        config.smooth,
     )
 
 

@@ -22,12 +22,21 @@ from oodseg.manifest import (
     load_manifest,
     with_nan_policy,
 )
+from oodseg.threshold import DEFAULT_RULE
 from oodseg.training import TrainConfig
 
 # Options shared by several commands, declared once.
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace a non-empty output folder.")]
 Tpr = Annotated[float, typer.Option(help="Target TPR of the threshold on calibration ID pixels.")]
+Threshold = Annotated[
+    str,
+    typer.Option(
+        help="Threshold rule of the K+1 map: tpr (keep --tpr of the calibration annotations, the "
+        "paper's) or pu (flag the OOD share of the unlabelled pixels estimated by best-bin "
+        "estimation)."
+    ),
+]
 Preset = Annotated[
     str,
     typer.Option(help="Network preset: small (CPU) or reference (FlexibleUNet, EfficientNet-B4)."),
@@ -52,7 +61,46 @@ Patch = Annotated[
 Seed = Annotated[int, typer.Option(help="Seed of annotations, splits, training and calibration.")]
 Loss = Annotated[str, typer.Option(help="Training loss: ce (cross-entropy) or logitnorm.")]
 LogitnormTemperature = Annotated[float, typer.Option(help="Temperature of the LogitNorm loss.")]
+Unlabelled = Annotated[
+    str,
+    typer.Option(
+        help="Unlabelled pixels: ignore (the paper: no loss), nnpu (a known-vs-unknown head "
+        "trained with the non-negative PU risk, through the whole network; adds the pu "
+        "detector) or nnpu-head (the same head on the features of a CE-trained network)."
+    ),
+]
+PuPrior = Annotated[
+    float, typer.Option(help="Share of known-class pixels among the unlabelled ones (nnPU risk).")
+]
+PuWeight = Annotated[float, typer.Option(help="Weight of the nnPU risk next to cross-entropy.")]
 Precision = Annotated[str, typer.Option(help="32, or bf16-mixed (bf16 autocast, on a GPU).")]
+Tta = Annotated[
+    str,
+    typer.Option(
+        help="Test-time augmentation: none, flip (outputs averaged over 4 flips) or dihedral "
+        "(8 flips and quarter turns); a bundle predicts with the one it was calibrated with."
+    ),
+]
+InputPca = Annotated[
+    int,
+    typer.Option(
+        help="Hyperspectral input: images of more bands than this are projected onto this many "
+        "principal components of the training pixels (0: every band)."
+    ),
+]
+Stem = Annotated[
+    int,
+    typer.Option(
+        help="Images of more bands than this pass through a learned 1 x 1 convolution to this "
+        "many channels first (0: off)."
+    ),
+]
+Smooth = Annotated[
+    float,
+    typer.Option(
+        help="Gaussian smoothing of the score maps, standard deviation in pixels (0: off)."
+    ),
+]
 ChannelsLast = Annotated[
     bool, typer.Option(help="Channels-last memory format (faster convolutions on GPUs).")
 ]
@@ -146,6 +194,13 @@ def crossval_command(
             help="Single scene, scene split: pixels around strokes not tested (default 1)."
         ),
     ] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            help="Single scene, scene split: calibration strokes held out at random (strokes, "
+            "default) or as the strokes nearest to one of each class's (region)."
+        ),
+    ] = None,
     scale: Annotated[
         float | None,
         typer.Option(
@@ -158,12 +213,15 @@ def crossval_command(
     ] = None,
     baselines: Annotated[
         bool,
-        typer.Option(help="Background protocol: also train the fully supervised baseline."),
+        typer.Option(
+            help="Also train each fold's fully supervised baseline (on the dense labels)."
+        ),
     ] = True,
     detectors: Annotated[str, typer.Option(help="Comma-separated detector names.")] = ",".join(
         DEFAULT_DETECTORS
     ),
     tpr: Tpr = 0.95,
+    threshold: Threshold = DEFAULT_RULE,
     annotation: Annotated[
         str, typer.Option(help="Simulated annotator: strokes or points.")
     ] = "strokes",
@@ -185,9 +243,16 @@ def crossval_command(
     seed: Seed = 0,
     loss: Loss = "ce",
     logitnorm_temperature: LogitnormTemperature = TrainConfig.logitnorm_temperature,
+    unlabelled: Unlabelled = TrainConfig.unlabelled,
+    pu_prior: PuPrior = TrainConfig.pu_prior,
+    pu_weight: PuWeight = TrainConfig.pu_weight,
     device: Device = "auto",
     precision: Precision = "32",
     channels_last: ChannelsLast = False,
+    tta: Tta = "none",
+    input_pca: InputPca = TrainConfig.input_pca,
+    stem: Stem = TrainConfig.stem,
+    smooth: Smooth = TrainConfig.smooth,
     fold: Annotated[
         int | None,
         typer.Option(
@@ -224,10 +289,12 @@ def crossval_command(
             detectors=_csv(detectors) or (),
             classes=_csv(hold_out),
             tpr=tpr,
+            threshold=threshold,
             annotation=annotation,
             budget=budget,
             split=split,
             margin=margin,
+            calibration=calibration,
             scale=scale,
             max_frames=max_frames,
             baselines=baselines,
@@ -261,7 +328,6 @@ def crossval_command(
             console.print(f"[red]error:[/] {e}")
             raise typer.Exit(2) from None
         raise
-    shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # only needed while running
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     partial.rename(out)
@@ -335,6 +401,7 @@ def train_command(
     ignore: Ignore = None,
     detector: Annotated[str, typer.Option(help="OOD detector stored with the model.")] = "gen",
     tpr: Tpr = 0.95,
+    threshold: Threshold = DEFAULT_RULE,
     preset: Preset = "small",
     features: Features = "last",
     encoder_weights: EncoderWeights = None,
@@ -346,10 +413,17 @@ def train_command(
     seed: Seed = 0,
     loss: Loss = "ce",
     logitnorm_temperature: LogitnormTemperature = TrainConfig.logitnorm_temperature,
+    unlabelled: Unlabelled = TrainConfig.unlabelled,
+    pu_prior: PuPrior = TrainConfig.pu_prior,
+    pu_weight: PuWeight = TrainConfig.pu_weight,
     nan_policy: NanPolicy = "error",
     device: Device = "auto",
     precision: Precision = "32",
     channels_last: ChannelsLast = False,
+    tta: Tta = "none",
+    input_pca: InputPca = TrainConfig.input_pca,
+    stem: Stem = TrainConfig.stem,
+    smooth: Smooth = TrainConfig.smooth,
     devices: Annotated[
         int, typer.Option(help="Processes per node: GPUs, or CPU processes (gloo).")
     ] = 1,
@@ -383,6 +457,7 @@ def train_command(
             dataset,
             detector=detector,
             tpr=tpr,
+            threshold=threshold,
             config=config,
             checkpoint_dir=checkpoints,
             resume=resume,

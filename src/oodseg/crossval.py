@@ -20,7 +20,7 @@ from rich.progress import Progress
 
 from oodseg.datasets import DATASETS, FRAME_DATASETS, load_dataset
 from oodseg.detectors import DETECTORS
-from oodseg.engine import BACKGROUND, Collection, Fold, collect, fully_supervised, run_fold
+from oodseg.engine import BACKGROUND, Collection, Fold, collect, run_fold
 from oodseg.manifest import ImageDataset
 from oodseg.model import PRESETS
 from oodseg.results import assemble
@@ -34,6 +34,7 @@ from oodseg.sources import (
     folds,
     scene_collection,
 )
+from oodseg.threshold import DEFAULT_RULE, RULES
 from oodseg.training import TrainConfig
 
 # GEN first: the detector the report's panels show. Over both protocols and both feature choices on
@@ -65,10 +66,12 @@ class CrossvalConfig:
     detectors: tuple[str, ...] = DEFAULT_DETECTORS
     classes: tuple[str, ...] | None = None  # classes held out in loco (default: all)
     tpr: float = 0.95
+    threshold: str = DEFAULT_RULE  # the rule of the K+1 map's threshold (every rule is reported)
     annotation: str = "strokes"
     budget: float | None = None
     split: str | None = None  # single scene: "scene" (default) or "blocks"
     margin: int | None = None  # single scene, scene split: pixels around strokes not tested
+    calibration: str | None = None  # single scene, scene split: "strokes" (default) or "region"
     scale: float | None = None  # frame sets: resize factor (Endoscapes default 0.5)
     max_frames: int | None = None  # Endoscapes: frames per split, evenly spread
     baselines: bool = True
@@ -80,6 +83,10 @@ class CrossvalConfig:
             raise ValueError(f"--fold counts from 1, got {self.fold}")
         if not 0 < self.tpr < 1:
             raise ValueError(f"target TPR must be strictly between 0 and 1, got {self.tpr}")
+        if self.threshold not in RULES:
+            raise ValueError(
+                f"unknown threshold rule {self.threshold!r}; choose one of: {', '.join(RULES)}"
+            )
         if self.split is not None and self.split not in SCENE_BUDGET:
             raise ValueError(f"unknown split {self.split!r}; choose scene or blocks")
         if self.annotation not in ("strokes", "points"):
@@ -88,6 +95,10 @@ class CrossvalConfig:
             )
         if self.budget is not None and not 0 < self.budget <= 1:
             raise ValueError(f"annotation budget must be in (0, 1], got {self.budget}")
+        if self.calibration not in (None, "strokes", "region"):
+            raise ValueError(
+                f"unknown calibration hold-out {self.calibration!r}; choose strokes or region"
+            )
         if self.margin is not None and self.margin < 0:
             raise ValueError(f"--margin must be 0 or more, got {self.margin}")
         if self.scale is not None and not 0 < self.scale <= 1:
@@ -105,6 +116,11 @@ class CrossvalConfig:
             raise ValueError(
                 f"unknown detector {', '.join(unknown) or '(none)'}; choose from: {', '.join(DETECTORS)}"
             )
+        if "pu" in self.detectors and not self.train.known_head:
+            raise ValueError(
+                "the pu detector reads the known-vs-unknown head: train with --unlabelled nnpu "
+                "(or nnpu-head), or leave pu out of --detectors"
+            )
         known = (*DATASETS, *FRAME_DATASETS, "data")
         if self.dataset not in known:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of: {', '.join(known)}")
@@ -112,13 +128,13 @@ class CrossvalConfig:
 
 @dataclass
 class Plan:
-    """A checked run: the collection, its jobs (folds, then the fully supervised baseline) and
-    the folds skipped, with why."""
+    """A checked run: the collection, its jobs (the folds), the folds skipped (with why) and
+    whether each fold also trains its fully supervised baseline."""
 
     collection: Collection
     jobs: list[Fold]
     skipped: list[dict]
-    baseline: Fold | None
+    baseline: bool
     header: dict
 
 
@@ -138,6 +154,11 @@ def prepare(
     refused = {
         "split": (config.split, not single, what),
         "margin": (config.margin, not single, what),
+        "calibration": (
+            config.calibration,
+            not single or config.split == "blocks",
+            what if not single else "the blocks split",
+        ),
         "scale": (config.scale, single, what),
         "max_frames": (config.max_frames, not endoscapes, "this data set (Endoscapes only)"),
     }
@@ -155,6 +176,7 @@ def prepare(
             source=source,
             split=config.split or "scene",
             margin=1 if config.margin is None else config.margin,
+            held_out=config.calibration or "strokes",
             scale=config.scale or 1.0,
             **common,
         )
@@ -163,6 +185,7 @@ def prepare(
             load_dataset(config.dataset),
             config.split or "scene",
             margin=1 if config.margin is None else config.margin,
+            held_out=config.calibration or "strokes",
             **common,
         )
     else:
@@ -173,7 +196,7 @@ def prepare(
             **common,
         )
     with Progress(console=console, transient=True) as progress:
-        collect(collection, progress)
+        collect(collection, progress, input_pca=config.train.input_pca)
     if data is not None:
         _check_declared(collection, data, source)
     allowed = available_protocols(collection)
@@ -185,19 +208,13 @@ def prepare(
                 "declares none (a manifest's 'background' / 'ood' values)"
             )
     jobs, skipped = folds(collection, [p for p in PROTOCOLS if p in protocols], config.classes)
-    background = next((f for f in jobs if f.protocol == "background"), None)
-    baseline = (
-        background
-        if config.baselines and background is not None and collection.ids("dense")
-        else None
-    )
     if not jobs:
         raise ValueError(
             "no fold can be run: " + "; ".join(f"{s['held_out']}: {s['reason']}" for s in skipped)
         )
-    n_jobs = len(jobs) + (baseline is not None)
-    if config.fold is not None and config.fold > n_jobs:
-        raise ValueError(f"--fold {config.fold}: this run has {n_jobs} jobs (folds and baseline)")
+    if config.fold is not None and config.fold > len(jobs):
+        raise ValueError(f"--fold {config.fold}: this run has {len(jobs)} folds")
+    baseline = config.baselines and bool(collection.ids("dense"))
     device = torch_device(config.train.device)
     header = {
         "dataset": collection.name,
@@ -246,7 +263,7 @@ def crossval(
     console: Console | None = None,
     plan: Plan | None = None,
 ) -> dict:
-    """Run the folds (and the fully supervised baseline) into the folder ``out``: each fold's
+    """Run the folds (each with its fully supervised baseline) into the folder ``out``: each fold's
     results and panels are written as it finishes, fold files already there (an interrupted run
     of the same configuration) are kept and not rerun. Returns ``results.json``'s content."""
     from oodseg.report import load_fold_files, write_fold, write_run
@@ -264,42 +281,31 @@ def crossval(
                 "to start afresh, or choose another --out"
             )
     setup.write_text(json.dumps(plan.header, indent=2))
-    jobs: list[tuple[int, Fold, bool]] = [(i, f, False) for i, f in enumerate(plan.jobs)]
-    if plan.baseline is not None:
-        jobs.append((len(jobs), plan.baseline, True))
+    jobs = list(enumerate(plan.jobs))
     if config.fold is not None:
         jobs = [jobs[config.fold - 1]]
     done = {f["order"] for f in load_fold_files(out)}
     c = plan.collection
     with Progress(console=console, transient=True) as progress:
-        for n, (order, fold, is_baseline) in enumerate(jobs):
-            what = (
-                "fully supervised baseline"
-                if is_baseline
-                else f"{fold.protocol}: OOD = {fold.name}"
-            )
+        for n, (order, fold) in enumerate(jobs):
+            what = f"{fold.protocol}: OOD = {fold.name}"
             if order in done:
                 console.print(f"[dim]{n + 1}/{len(jobs)} {what}: done earlier, kept[/]")
                 continue
-            console.rule(f"{n + 1}/{len(jobs)} {what} ({fold.k} known classes)")
-            ckpt = out / "checkpoints" / f"{order:02d}"
+            extra = ", then the fully supervised baseline" if plan.baseline else ""
+            console.rule(f"{n + 1}/{len(jobs)} {what} ({fold.k} known classes{extra})")
             t = time.perf_counter()
-            if is_baseline:
-                row = fully_supervised(
-                    c, fold, config.train, checkpoint_dir=ckpt, progress=progress
-                )
-                write_fold(out, order, {"baseline": row}, seconds=time.perf_counter() - t)
-            else:
-                result = run_fold(
-                    c,
-                    fold,
-                    config.train,
-                    config.detectors,
-                    config.tpr,
-                    checkpoint_dir=ckpt,
-                    progress=progress,
-                )
-                write_fold(out, order, result, collection=c, seconds=time.perf_counter() - t)
+            result = run_fold(
+                c,
+                fold,
+                config.train,
+                config.detectors,
+                config.tpr,
+                rule=config.threshold,
+                baseline=plan.baseline,
+                progress=progress,
+            )
+            write_fold(out, order, result, collection=c, seconds=time.perf_counter() - t)
     fold_files = load_fold_files(out)
     # Wall time of this run, plus the time of the folds an interrupted run had finished.
     kept = sum(f["seconds"] for f in fold_files if f["order"] in done)

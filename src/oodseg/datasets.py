@@ -254,10 +254,34 @@ def load_dataset(name: str) -> Scene:
 @dataclass(frozen=True)
 class BandNormaliser:
     """Per-band standardisation whose statistics come from the training region only, so that no test
-    pixel leaks into the input scaling."""
+    pixel leaks into the input scaling; with ``projection`` (P, C), the standardised bands are then
+    mapped onto P principal components (a spectral PCA of the training pixels)."""
 
     mean: np.ndarray
     std: np.ndarray
+    projection: np.ndarray | None = None
+
+    @property
+    def channels(self) -> int:
+        """The network's input channels: the bands, or the principal components kept."""
+        return len(self.mean) if self.projection is None else len(self.projection)
+
+    def with_pca(self, covariance: np.ndarray, components: int) -> BandNormaliser:
+        """The same standardisation followed by the ``components`` leading principal components
+        of the bands' ``covariance`` (raw values), all divided by one scale so that their mean
+        variance is 1. Not whitened: whitening gave the noise components the weight of the
+        leading ones and cost 6 points of closed-set accuracy on Indian Pines
+        (docs/lever_screen.md)."""
+        if not 0 < components < len(self.mean):
+            raise ValueError(
+                f"--input-pca keeps between 1 and {len(self.mean) - 1} of the {len(self.mean)} "
+                f"bands, got {components}"
+            )
+        correlation = covariance / np.outer(self.std, self.std)
+        values, vectors = np.linalg.eigh(correlation)  # ascending
+        top = np.argsort(values)[::-1][:components]
+        scale = np.sqrt(max(values[top].mean(), 1e-12))
+        return BandNormaliser(self.mean, self.std, vectors[:, top].T / scale)
 
     @classmethod
     def fit(cls, cube: np.ndarray, region: np.ndarray) -> BandNormaliser:
@@ -269,4 +293,5 @@ class BandNormaliser:
         return cls(pixels.mean(axis=0), np.where(std > 0, std, 1.0))
 
     def __call__(self, cube: np.ndarray) -> np.ndarray:
-        return ((cube - self.mean) / self.std).astype(np.float32)
+        z = (cube - self.mean) / self.std
+        return (z if self.projection is None else z @ self.projection.T).astype(np.float32)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Self
 
@@ -30,13 +30,15 @@ from torch import nn
 
 @dataclass(frozen=True)
 class PixelOutputs:
-    """The network's outputs at P pixels: ``logits`` (P, K), ``features`` (P, F), and the linear
-    head (``head_weight`` (K, F), ``head_bias`` (K,)) with logits = features @ W.T + b."""
+    """The network's outputs at P pixels: ``logits`` (P, K), ``features`` (P, F), the linear
+    head (``head_weight`` (K, F), ``head_bias`` (K,)) with logits = features @ W.T + b, and the
+    known-vs-unknown logit (P,) of a network that has that head (None otherwise)."""
 
     logits: torch.Tensor
     features: torch.Tensor
     head_weight: torch.Tensor | None = None
     head_bias: torch.Tensor | None = None
+    known: torch.Tensor | None = None
 
     @classmethod
     def from_maps(
@@ -45,18 +47,34 @@ class PixelOutputs:
         features: torch.Tensor,
         mask: torch.Tensor | None = None,
         head: nn.Conv2d | None = None,
+        known: torch.Tensor | None = None,
     ) -> PixelOutputs:
-        """Flatten (C, H, W) maps, keeping the pixels where ``mask`` (H, W) is true; ``head`` is the
-        network's 1 x 1 classification convolution."""
+        """Flatten (C, H, W) maps (``known``: (H, W)), keeping the pixels where ``mask`` (H, W) is
+        true; ``head`` is the network's 1 x 1 classification convolution."""
         lg, ft = logits.flatten(1).T, features.flatten(1).T
+        kn = None if known is None else known.flatten()
         if mask is not None:
             m = mask.flatten()
             lg, ft = lg[m], ft[m]
+            kn = None if kn is None else kn[m]
         if head is None:
-            return cls(lg, ft)
+            return cls(lg, ft, known=kn)
         if head.kernel_size != (1, 1):
             raise ValueError("feature detectors that need the head (ViM) need a 1 x 1 linear head")
-        return cls(lg, ft, head.weight.detach()[:, :, 0, 0].cpu(), head.bias.detach().cpu())
+        w, b = head.weight.detach()[:, :, 0, 0].cpu(), head.bias.detach().cpu()
+        return cls(lg, ft, w, b, kn)
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def chunks(self, size: int) -> Iterator[PixelOutputs]:
+        """The pixels in consecutive slices of at most ``size`` (views, no copies)."""
+        for a in range(0, len(self), size):
+            cut = slice(a, a + size)
+            known = None if self.known is None else self.known[cut]
+            yield PixelOutputs(
+                self.logits[cut], self.features[cut], self.head_weight, self.head_bias, known
+            )
 
     @classmethod
     def concat(cls, parts: Sequence[PixelOutputs]) -> PixelOutputs:
@@ -68,6 +86,7 @@ class PixelOutputs:
             torch.cat([p.features for p in parts]),
             parts[0].head_weight,
             parts[0].head_bias,
+            None if parts[0].known is None else torch.cat([p.known for p in parts]),
         )
 
 
@@ -79,10 +98,14 @@ class Detector(ABC):
     """A per-pixel OOD detector."""
 
     name: ClassVar[str]
+    needs_calibration: ClassVar[bool] = False  # calibrate() must see the calibration ID pixels
 
     def fit(self, outputs: PixelOutputs, labels: torch.Tensor) -> Self:  # noqa: ARG002
         """Learn from training pixels with class indices ``labels`` (P,); stateless by default."""
         return self
+
+    def calibrate(self, outputs: PixelOutputs) -> None:  # noqa: B027 - a hook, most need nothing
+        """Learn from a batch of calibration ID pixels (held out of training), after fitting."""
 
     def is_fitted(self) -> bool:
         """Whether :meth:`score` may be called (always, for a detector with nothing to learn)."""
@@ -233,6 +256,23 @@ class GEN(LogitDetector):
         if self.top_m < logits.shape[1]:  # with M >= K every probability counts: no sort needed
             p = p.topk(self.top_m, dim=1).values
         return -(p**self.gamma * (1 - p) ** self.gamma).sum(dim=1)
+
+
+@register
+class KnownHead(Detector):
+    """The known-vs-unknown logit of a network trained with a PU head on the unlabelled pixels
+    (``--unlabelled nnpu``; see :func:`oodseg.training.nnpu_risk`): learnt from the data, not a
+    post-hoc statistic."""
+
+    name = "pu"
+
+    def _score(self, outputs: PixelOutputs) -> torch.Tensor:
+        if outputs.known is None:
+            raise ValueError(
+                "the pu detector needs a network with a known-vs-unknown head: train with "
+                "--unlabelled nnpu (or nnpu-head)"
+            )
+        return outputs.known.double()
 
 
 @register
@@ -402,15 +442,19 @@ class _Reservoir:
         return torch.cat([self.rows[g][:quota] for g in sorted(self.rows)])
 
 
+KDTREE_MAX_DIM = 32  # wider features: the brute-force search is the faster one
+
+
 @register
 class KNN(StreamingDetector):
     """Cosine similarity to the k-th nearest training pixel feature, minus one (i.e. the negated
     cosine distance; Sun et al., 2022). The bank is a seeded, class-balanced subsample of at most
-    ``bank_size`` training pixels. ``search="kdtree"`` (default) finds the exact neighbours with
-    scipy's k-d tree on the unit vectors (Euclidean and cosine order agree there), 2-4x faster than
+    ``bank_size`` training pixels. ``search="kdtree"`` finds the exact neighbours with scipy's k-d
+    tree on the unit vectors (Euclidean and cosine order agree there), 2-4x faster than
     ``"brute"`` on the low-dimensional decoder features; ``"brute"`` takes one matrix product per
-    chunk of ``chunk`` queries, the better choice for wide (e.g. hypercolumn) features. Both keep
-    memory bounded."""
+    chunk of ``chunk`` queries, the better choice for wide (e.g. hypercolumn) features, where a
+    k-d tree degrades to a slow brute force; ``"auto"`` (default) takes the tree up to
+    :data:`KDTREE_MAX_DIM` features. Both keep memory bounded."""
 
     name = "knn"
 
@@ -419,13 +463,13 @@ class KNN(StreamingDetector):
         k: int = 10,
         bank_size: int = 20000,
         seed: int = 0,
-        search: Literal["kdtree", "brute"] = "kdtree",
+        search: Literal["auto", "kdtree", "brute"] = "auto",
         chunk: int = 8192,
     ):
         if k < 1:
             raise ValueError(f"KNN needs k >= 1, got {k}")
-        if search not in ("kdtree", "brute"):
-            raise ValueError(f"unknown KNN search {search!r}; choose kdtree or brute")
+        if search not in ("auto", "kdtree", "brute"):
+            raise ValueError(f"unknown KNN search {search!r}; choose auto, kdtree or brute")
         self.k, self.bank_size, self.seed, self.search, self.chunk = (
             k,
             bank_size,
@@ -452,7 +496,8 @@ class KNN(StreamingDetector):
                 "lower k or annotate more pixels"
             )
         q = nn.functional.normalize(outputs.features.float(), dim=1)
-        if self.search == "kdtree":
+        tree = self.search == "kdtree" or (self.search == "auto" and q.shape[1] <= KDTREE_MAX_DIM)
+        if tree:
             if getattr(self, "_tree", None) is None:
                 self._tree = cKDTree(self.bank_.numpy())
             dist, _ = self._tree.query(q.numpy(), k=[self.k], workers=torch.get_num_threads())
@@ -505,3 +550,87 @@ class ViM(StreamingDetector):
         x = outputs.features.double() - self.origin_
         residual = (x @ self.residual_basis_).norm(dim=1)
         return torch.logsumexp(outputs.logits.double(), dim=1) - self.alpha_ * residual
+
+
+@register
+class Fused(StreamingDetector):
+    """The mean of several detectors' scores, each first standardised (a z-score) by its mean and
+    standard deviation on the calibration ID pixels, so that a logit score and a feature distance
+    of very different scales count alike. The components are fitted with it (it owns them)."""
+
+    name = "fused"
+    needs_calibration = True
+
+    def __init__(self, components: Sequence[str] = ("gen", "mahalanobis")):
+        components = tuple(components)
+        bad = [
+            c
+            for c in components
+            if c not in DETECTORS or c == self.name or issubclass(DETECTORS[c], InputDetector)
+        ]
+        if len(components) < 2 or bad:
+            raise ValueError(
+                "a fused detector needs two or more pixel-wise detectors (not odin, not fused), "
+                f"got {', '.join(components) or 'none'}"
+            )
+        self.components = components
+        self._parts = {c: make_detector(c) for c in components}
+
+    def _streaming(self) -> list[StreamingDetector]:
+        return [p for p in self._parts.values() if isinstance(p, StreamingDetector)]
+
+    def _start(self) -> None:
+        super()._start()
+        for part in self._streaming():
+            part._start()
+        self._calibration = torch.zeros(3, len(self.components), dtype=torch.float64)
+
+    def _add(self, outputs: PixelOutputs, labels: torch.Tensor) -> None:
+        for part in self._streaming():
+            part.partial_fit(outputs, labels)
+
+    def _refresh(self) -> None:
+        """The components refresh themselves; the standardisation comes from calibration."""
+
+    def calibrate(self, outputs: PixelOutputs) -> None:
+        """Add calibration ID pixels to the per-component mean and standard deviation."""
+        scores = torch.stack([p.score(outputs) for p in self._parts.values()], 1)
+        self._calibration += torch.stack(
+            [torch.full((scores.shape[1],), float(len(scores))), scores.sum(0), (scores**2).sum(0)]
+        ).to(torch.float64)
+        n, total, squares = self._calibration
+        self.mean_ = total / n
+        self.std_ = (squares / n - self.mean_**2).clamp_min(0).sqrt().clamp_min(1e-12)
+
+    def is_fitted(self) -> bool:
+        return super().is_fitted() and hasattr(self, "mean_")
+
+    def _score(self, outputs: PixelOutputs) -> torch.Tensor:
+        scores = torch.stack([p.score(outputs) for p in self._parts.values()], 1)
+        return ((scores - self.mean_) / self.std_).mean(1)
+
+    def fitted_state(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        tensors, numbers = super().fitted_state()
+        for name, part in self._parts.items():
+            t, n = part.fitted_state()
+            tensors |= {f"{name}.{k}": v for k, v in t.items()}
+            numbers |= {f"{name}.{k}": v for k, v in n.items()}
+        return tensors, numbers
+
+    @classmethod
+    def restore(
+        cls, params: dict, tensors: dict[str, torch.Tensor], numbers: dict[str, float]
+    ) -> Self:
+        detector = super().restore(
+            params,
+            {k: v for k, v in tensors.items() if "." not in k},
+            {k: v for k, v in numbers.items() if "." not in k},
+        )
+        for name in detector.components:
+            mine = lambda d, name=name: {  # noqa: E731
+                k.split(".", 1)[1]: v for k, v in d.items() if k.startswith(f"{name}.")
+            }
+            detector._parts[name] = DETECTORS[name].restore(
+                detector._parts[name].params(), mine(tensors), mine(numbers)
+            )
+        return detector

@@ -21,7 +21,7 @@ maps are kept.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -33,7 +33,8 @@ from oodseg.distributed import gather_by_image, my_images
 from oodseg.inference import Forward, Inference, Predictor, Scorer
 from oodseg.metrics import ScoreTally, confusion_matrix, segmentation_from_confusion
 from oodseg.model import Segmenter, build_network
-from oodseg.threshold import calibrate_threshold
+from oodseg.results import OPERATING_METRICS
+from oodseg.threshold import DEFAULT_RULE, RULES, OperatingPoints, operating_points
 from oodseg.training import IGNORE, TrainConfig, fit
 
 ROLES = ("train", "calibration", "truth", "dense")  # the masks of a sample
@@ -46,8 +47,10 @@ class Sample:
     """One image of a collection. Masks are uint8 (H, W) of the data set's class ids 1..K:
     ``train`` / ``calibration`` the annotations (0 elsewhere), ``truth`` the test pixels (a class,
     or :data:`BACKGROUND`; 0 = not scored), ``dense`` a training image's dense labels (for the fully
-    supervised baseline; None where there are none) and ``normalise`` the pixels whose intensities
-    may shape the input normalisation (None: none of them)."""
+    supervised baseline; None where there are none), ``normalise`` the pixels whose intensities
+    may shape the input normalisation (None: none of them) and ``calibration_truth`` a calibration
+    image's dense labels (None: unknown), read only to report the true share of ID pixels among
+    its unlabelled ones next to the estimate."""
 
     name: str
     image: np.ndarray  # (H, W, C), raw values (a memory map is fine)
@@ -56,6 +59,7 @@ class Sample:
     truth: np.ndarray
     dense: np.ndarray | None = None
     normalise: np.ndarray | None = None
+    calibration_truth: np.ndarray | None = None
 
 
 @dataclass
@@ -103,17 +107,21 @@ class Collection:
         return {v: int(c[v]) for v in np.flatnonzero(c) if v != 0}
 
 
-def collect(collection: Collection, progress: Progress | None = None) -> Collection:
+def collect(
+    collection: Collection, progress: Progress | None = None, *, input_pca: int = 0
+) -> Collection:
     """One pass over the samples: the band count (must agree), the roles each sample holds, pixel
     counts per role and class, and the input normalisation (per-band mean and standard deviation
-    over the pixels the samples allow, merged exactly in float64)."""
+    over the pixels the samples allow, merged exactly in float64; with ``input_pca``, also their
+    covariance, whose leading principal components the network then takes as input when the
+    images have more bands than that)."""
     if len(collection.class_names) > MAX_CLASSES:
         raise ValueError(
             f"{collection.name}: {len(collection.class_names)} classes; at most {MAX_CLASSES}"
         )
     per_sample = {r: np.zeros((collection.size, 256), np.int64) for r in ROLES}
     roles, sides = [], []
-    n, mean, m2 = 0, 0.0, 0.0
+    n, mean, m2, co = 0, 0.0, 0.0, 0.0
     task = progress.add_task("reading the data", total=collection.size) if progress else None
     for i in range(collection.size):
         s = collection.load(i)
@@ -137,11 +145,14 @@ def collect(collection: Collection, progress: Progress | None = None) -> Collect
             nb, mb = len(pixels), pixels.sum(0) / len(pixels)
             d = pixels - mb
             m2b = (d * d).sum(0)
-            # Chan et al.'s pairwise merge of (count, mean, sum of squared deviations).
+            cob = d.T @ d if 0 < input_pca < collection.bands else 0.0
+            # Chan et al.'s pairwise merge of (count, mean, sum of squared deviations), and of
+            # the co-moments alike.
             delta = mb - mean
             total = n + nb
             mean = mean + delta * nb / total if n else mb
             m2 = m2 + m2b + delta**2 * n * nb / total if n else m2b
+            co = co + cob + np.outer(delta, delta) * n * nb / total if n else cob
             n = total
         if progress:
             progress.advance(task)
@@ -151,6 +162,8 @@ def collect(collection: Collection, progress: Progress | None = None) -> Collect
         raise ValueError(f"{collection.name}: no training pixel to fit the input normalisation on")
     std = np.sqrt(m2 / n)
     collection.normaliser = BandNormaliser(mean, np.where(std > 0, std, 1.0))
+    if 0 < input_pca < collection.bands:
+        collection.normaliser = collection.normaliser.with_pca(co / n, input_pca)
     collection.per_sample, collection.roles, collection.sides = per_sample, roles, sides
     return collection
 
@@ -207,10 +220,12 @@ def train_network(
     torch.manual_seed(config.seed)
     net = build_network(
         config.preset,
-        collection.bands,
+        collection.normaliser.channels,
         k + background_class,
         features=config.features,
         encoder_weights=config.encoder_weights,
+        known_head=config.known_head,
+        stem=config.stem,
     )
     return fit(
         net,
@@ -218,6 +233,7 @@ def train_network(
         config,
         patch=config.patch_side([collection.sides[i] for i in ids], collection.patch),
         counts=[int(annotated[i]) for i in ids],
+        areas=[collection.sides[i][0] * collection.sides[i][1] for i in ids],
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         progress=progress,
@@ -252,6 +268,28 @@ def _per_image(
             yield compute(i)
 
 
+UNLABELLED_SAMPLE = 200_000  # unlabelled pixels of the calibration images scored per fold, at most
+
+
+@dataclass
+class FittedScorer:
+    """A scorer with its detectors fitted, each detector's operating points (thresholds by rule),
+    the rule the K+1 map uses, the share of calibration pixels that rule keeps and, where the
+    calibration images' labels are known, the true ID share among their unlabelled pixels (for
+    reporting the estimate next to it; never used to fit or to choose)."""
+
+    scorer: Scorer
+    points: dict[str, OperatingPoints]
+    rule: str
+    calibration_tpr: dict[str, float]
+    id_share_true: float | None = None
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Each detector's threshold under the chosen rule."""
+        return {d: p.thresholds[self.rule] for d, p in self.points.items()}
+
+
 def fit_scorer(
     collection: Collection,
     net: Segmenter,
@@ -259,10 +297,17 @@ def fit_scorer(
     detectors: Sequence[str],
     tpr: float,
     run: Inference,
-) -> tuple[Scorer, dict[str, float], dict[str, float]]:
-    """Fit the detectors on the training annotations' outputs (streamed, image by image) and
-    calibrate each one's threshold to keep ``tpr`` of the calibration annotations. Returns the
-    scorer, the thresholds and the TPR they keep on the calibration pixels."""
+    *,
+    rule: str = DEFAULT_RULE,
+    ood: Sequence[int] = (),
+    seed: int = 0,
+) -> FittedScorer:
+    """Fit the detectors on the training annotations' outputs (streamed, image by image), then
+    score the calibration images once: their held-out annotations and a seeded sample of their
+    unlabelled pixels give every rule's threshold (:func:`oodseg.threshold.operating_points`).
+    ``ood``: the truth values that are OOD in this fold (only to report the true ID share)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; choose one of: {', '.join(RULES)}")
     k = len(known)
     table = np.full(256, IGNORE, np.int64)
     table[list(known)] = np.arange(k)
@@ -270,46 +315,92 @@ def fit_scorer(
     scorer = Scorer(predictor, {d: make_detector(d) for d in detectors})
     head = net.head
 
-    width = k + net.feature_channels + 1
-
-    def training_pixels(i: int) -> torch.Tensor:
-        s = collection.load(i)
-        target = table[s.train]
-        mask = target != IGNORE
-        if not mask.any():  # e.g. only the held-out class is annotated on this image
-            return torch.zeros(0, width)
-        out = predictor.forward(s.image, s.name).pixels(head, mask)
-        label = torch.from_numpy(target[mask]).float()[:, None]
-        return torch.cat([out.logits, out.features, label], 1)
-
+    f, has_known = net.feature_channels, net.known_head is not None
+    width = k + f + has_known + 1  # logits, features, known-vs-unknown logit, class index
     w, b = head.weight.detach()[:, :, 0, 0].cpu(), head.bias.detach().cpu()
-    batches = (
-        (PixelOutputs(p[:, :k], p[:, k:-1], w, b), p[:, -1].long())
-        for p in _per_image(collection.ids("train"), training_pixels, width, torch.float32)
-        if len(p)
-    )
-    scorer.fit(batches)
+
+    def annotated_pixels(role: str) -> Callable[[int], torch.Tensor]:
+        """An image's outputs at its ``role`` annotations of the known classes, as rows."""
+
+        def rows(i: int) -> torch.Tensor:
+            s = collection.load(i)
+            target = table[getattr(s, role)]
+            mask = target != IGNORE
+            if not mask.any():  # e.g. only the held-out class is annotated on this image
+                return torch.zeros(0, width)
+            out = predictor.forward(s.image, s.name).pixels(head, mask)
+            label = torch.from_numpy(target[mask]).float()[:, None]
+            known_logit = [out.known[:, None]] if has_known else []
+            return torch.cat([out.logits, out.features, *known_logit, label], 1)
+
+        return rows
+
+    def stream(role: str) -> Iterator[tuple[PixelOutputs, torch.Tensor]]:
+        for p in _per_image(collection.ids(role), annotated_pixels(role), width, torch.float32):
+            if len(p):
+                known_logit = p[:, k + f] if has_known else None
+                yield PixelOutputs(p[:, :k], p[:, k : k + f], w, b, known_logit), p[:, -1].long()
+
+    scorer.fit(stream("train"))
+    if scorer.needs_calibration:
+        scorer.calibrate(outputs for outputs, _ in stream("calibration"))
+
+    calibration_ids = collection.ids("calibration")
+    per_image = -(-UNLABELLED_SAMPLE // max(1, len(calibration_ids)))
+    truth_code = np.full(256, -1.0, np.float32)  # unlabelled pixels' truth: known 0, OOD 1
+    truth_code[list(known)], truth_code[list(ood)] = 0, 1
 
     def calibration_scores(i: int) -> torch.Tensor:
+        """Rows of (every detector's score, 0 for an annotation / 1 for an unlabelled pixel,
+        its truth code)."""
         s = collection.load(i)
-        mask = table[s.calibration] != IGNORE
-        if not mask.any():
-            return torch.zeros(0, len(detectors))
+        cal = table[s.calibration] != IGNORE
+        if not cal.any():
+            return torch.zeros(0, len(detectors) + 2)
+        unlabelled = np.flatnonzero((s.train == 0) & (s.calibration == 0))
+        if len(unlabelled) > per_image:
+            rng = np.random.default_rng([seed, i])
+            unlabelled = np.sort(rng.choice(unlabelled, per_image, replace=False))
+        at = np.r_[np.flatnonzero(cal), unlabelled]
         maps = scorer.score_maps(predictor.forward(s.image, s.name))
-        return torch.from_numpy(np.stack([maps[d][mask] for d in detectors], 1))
+        codes = (
+            truth_code[s.calibration_truth.ravel()[unlabelled]]
+            if s.calibration_truth is not None
+            else np.full(len(unlabelled), -1, np.float32)
+        )
+        rows = np.c_[
+            np.stack([maps[d].ravel()[at] for d in detectors], 1),
+            np.r_[np.zeros(cal.sum()), np.ones(len(unlabelled))],
+            np.r_[np.full(cal.sum(), -1), codes],
+        ]
+        return torch.from_numpy(rows.astype(np.float32))
 
-    parts = list(
-        _per_image(collection.ids("calibration"), calibration_scores, len(detectors), torch.float32)
-    )
-    scores = torch.cat(parts).numpy() if parts else np.zeros((0, len(detectors)))
-    if not len(scores):
+    parts = list(_per_image(calibration_ids, calibration_scores, len(detectors) + 2, torch.float32))
+    rows = torch.cat(parts).numpy() if parts else np.zeros((0, len(detectors) + 2), np.float32)
+    is_unlabelled = rows[:, -2] == 1
+    cal = rows[~is_unlabelled]
+    if not len(cal):
         raise ValueError(
             f"{collection.name}: no calibration annotation of the known classes: the threshold "
             "needs held-out strokes (or val images)"
         )
-    thresholds = {d: calibrate_threshold(scores[:, j], tpr) for j, d in enumerate(detectors)}
-    kept = {d: float((scores[:, j] >= thresholds[d]).mean()) for j, d in enumerate(detectors)}
-    return scorer, thresholds, kept
+    unl = rows[is_unlabelled]
+    if rule == "pu" and not len(unl):
+        raise ValueError(
+            f"{collection.name}: the pu threshold rule needs unlabelled pixels in the "
+            "calibration images; every pixel there is annotated"
+        )
+    points = {
+        d: operating_points(cal[:, j], unl[:, j] if len(unl) else None, tpr)
+        for j, d in enumerate(detectors)
+    }
+    kept = {
+        d: float((cal[:, j] >= points[d].thresholds[rule]).mean()) for j, d in enumerate(detectors)
+    }
+    codes = unl[:, -1]
+    known_truth = (codes >= 0).sum()
+    share = float((codes == 0).sum() / known_truth) if known_truth else None
+    return FittedScorer(scorer, points, rule, kept, share)
 
 
 @dataclass
@@ -332,6 +423,7 @@ class FoldResult:
     figures: dict[str, dict[str, np.ndarray]]  # detector -> threshold, fpr, tpr, id / ood sample
     panels: list[Panel]
     closed_set: dict
+    fully_supervised: dict | None = None  # the baseline trained on dense labels, where run
 
 
 def test_pass(
@@ -341,14 +433,17 @@ def test_pass(
     thresholds: dict[str, float],
     *,
     seed: int = 0,
+    candidates: dict[str, np.ndarray] | None = None,
     predict: Callable[[Forward, np.ndarray, float], np.ndarray] | None = None,
     progress: Progress | None = None,
 ) -> tuple[dict[str, ScoreTally], np.ndarray, list[Panel]]:
     """Score every test image once: per detector a tally of the ID and OOD test pixels' scores
     and of the K+1 map (``predict``: default, arg-max where the score passes the threshold, K
-    elsewhere), the closed-set confusion matrix, and the panels."""
+    elsewhere) and, given ``candidates`` (detector -> thresholds), the K+1 map's quality at each
+    of them; the closed-set confusion matrix; and the panels."""
     k, table = fold.k, fold.index()
-    tallies = {d: ScoreTally(k, seed) for d in scorer.detectors}
+    candidates = candidates or {}
+    tallies = {d: ScoreTally(k, seed, candidates.get(d)) for d in scorer.detectors}
     closed = np.zeros((k + 1, k + 1), np.int64)
     panels = []
     first = next(iter(scorer.detectors))
@@ -375,7 +470,7 @@ def test_pass(
                 else np.where(smap >= thresholds[name], argmax, k)
             )
             v = smap[scored]
-            tallies[name].add(v[~is_ood], v[is_ood], t, pred[scored])
+            tallies[name].add(v[~is_ood], v[is_ood], t, pred[scored], v, argmax[scored])
             if name == first and i in panel_ids:
                 ids_of = np.r_[np.asarray(fold.known), 0]  # K+1 index -> data set id, OOD -> 0
                 panels.append(Panel(i, ids_of[pred], smap.astype(np.float32), thresholds[name]))
@@ -391,26 +486,28 @@ def fold_rows(
     fold: Fold,
     tallies: dict[str, ScoreTally],
     closed: np.ndarray,
-    thresholds: dict[str, float],
-    seconds: dict[str, float],  # fitting and scoring time per detector
-    calibration_tpr: dict[str, float] | None = None,
+    fitted: FittedScorer,
 ) -> tuple[list[dict], dict[str, dict[str, np.ndarray]]]:
-    """A results row and the figure data per detector."""
+    """A results row and the figure data per detector. Besides the metrics at the chosen rule's
+    threshold, a row holds each rule's operating point and the oracle's (the candidate threshold
+    with the best balanced accuracy on the test truth) as ``RULE:METRIC``."""
     names = [*(collection.class_names[c - 1] for c in fold.known), "OOD"]
     closed_miou = segmentation_from_confusion(closed)["miou"]
     rows, figures = [], {}
     for det, tally in tallies.items():
-        ood, curve = tally.ood_result()
+        ood, roc = tally.ood_result()
         cm = tally.confusion
         seg = segmentation_from_confusion(cm)
         n_id, n_ood = int(cm[:-1].sum()), int(cm[-1].sum())
         id_kept = cm[:-1, :-1].sum() / max(n_id, 1)
         ood_recall = cm[-1, -1] / max(n_ood, 1)
+        points = fitted.points[det]
         row = {
             "held_out": fold.name,
             "detector": det,
             **ood,
-            "threshold": thresholds[det],
+            "threshold": fitted.thresholds[det],
+            "threshold_rule": fitted.rule,
             "id_accuracy": float(np.trace(cm[:-1, :-1]) / max(n_id, 1)),
             "closed_set_accuracy": float(np.trace(closed[:-1, :-1]) / max(n_id, 1)),
             "closed_set_miou": closed_miou,  # the K+1 map with nothing rejected
@@ -419,13 +516,18 @@ def fold_rows(
             "balanced_accuracy": float((id_kept + ood_recall) / 2),
             "miou_k_plus_1": seg["miou"],
             "mdice_k_plus_1": seg["mdice"],
-            "detector_seconds": seconds[det],
+            "calibration_tpr": fitted.calibration_tpr[det],
+            "id_share_estimate": points.id_share,
+            "id_share_true": fitted.id_share_true,
+            "detector_seconds": fitted.scorer.seconds[det],
             "n_id": n_id,
             "n_ood": n_ood,
             "iou_k_plus_1": iou_by_class(seg["iou"], names),
         }
-        if calibration_tpr is not None:
-            row["calibration_tpr"] = calibration_tpr[det]
+        operating = {r: tally.sweep.at(t) for r, t in points.thresholds.items()}
+        operating["oracle"] = tally.sweep.best()
+        for rule, values in operating.items():
+            row |= {f"{rule}:{m}": values[m] for m in OPERATING_METRICS}
         if len(tally.per_image) > 1 or collection.size > 1:
             row["auroc_per_image"] = (
                 float(np.mean(tally.per_image)) if tally.per_image else float("nan")
@@ -433,9 +535,18 @@ def fold_rows(
             row["images_with_both"] = len(tally.per_image)
         rows.append(row)
         figures[det] = {
-            "threshold": np.asarray(thresholds[det]),
-            "fpr": curve.fpr,
-            "tpr": curve.tpr,
+            "threshold": np.asarray(fitted.thresholds[det]),
+            # (FPR, TPR) of each rule's operating point and the oracle's, NaN for a rule not run.
+            "operating": np.array(
+                [
+                    [1 - operating[r]["ood_recall"], operating[r]["test_tpr"]]
+                    if r in operating
+                    else [np.nan, np.nan]
+                    for r in (*RULES, "oracle")
+                ]
+            ),
+            "fpr": roc.fpr,
+            "tpr": roc.tpr,
             "id_scores": tally.sample[0],
             "ood_scores": tally.sample[1],
         }
@@ -457,7 +568,9 @@ def closed_set_row(collection: Collection, fold: Fold, closed: np.ndarray) -> di
         "auroc": None,
         "fpr95": None,
         "id_accuracy": float(np.trace(closed[:-1, :-1]) / n_id),
+        "test_tpr": 1.0,
         "ood_recall": 0.0,
+        "balanced_accuracy": 0.5,
         "miou_k_plus_1": seg["miou"],
         "mdice_k_plus_1": seg["mdice"],
         "iou_k_plus_1": iou_by_class(seg["iou"], names),
@@ -471,20 +584,34 @@ def run_fold(
     detectors: Sequence[str],
     tpr: float,
     *,
-    checkpoint_dir=None,
+    rule: str = DEFAULT_RULE,
+    baseline: bool = False,
     progress: Progress | None = None,
 ) -> FoldResult:
-    """Train without the OOD classes, fit and calibrate every detector, score the test pixels."""
-    run = Inference(config.device, precision=config.precision, channels_last=config.channels_last)
-    net = train_network(
-        collection, fold.known, config, checkpoint_dir=checkpoint_dir, progress=progress is not None
+    """Train without the OOD classes, fit and calibrate every detector (the K+1 map at the
+    ``rule``'s threshold), score the test pixels; with ``baseline``, also the fully supervised
+    network of the fold (:func:`fully_supervised`)."""
+    run = Inference.of(config)
+    net = train_network(collection, fold.known, config, progress=progress is not None)
+    fitted = fit_scorer(
+        collection, net, fold.known, detectors, tpr, run, rule=rule, ood=fold.ood, seed=config.seed
     )
-    scorer, thresholds, kept = fit_scorer(collection, net, fold.known, detectors, tpr, run)
     tallies, closed, panels = test_pass(
-        collection, fold, scorer, thresholds, seed=config.seed, progress=progress
+        collection,
+        fold,
+        fitted.scorer,
+        fitted.thresholds,
+        seed=config.seed,
+        candidates={d: p.candidates for d, p in fitted.points.items()},
+        progress=progress,
     )
-    rows, figures = fold_rows(collection, fold, tallies, closed, thresholds, scorer.seconds, kept)
-    return FoldResult(fold, rows, figures, panels, closed_set_row(collection, fold, closed))
+    rows, figures = fold_rows(collection, fold, tallies, closed, fitted)
+    full = (
+        fully_supervised(collection, fold, config, detectors[0], tpr, rule, progress=progress)
+        if baseline
+        else None
+    )
+    return FoldResult(fold, rows, figures, panels, closed_set_row(collection, fold, closed), full)
 
 
 class _BackgroundProbability(LogitDetector):
@@ -500,45 +627,64 @@ def fully_supervised(
     collection: Collection,
     fold: Fold,
     config: TrainConfig,
+    detector: str,
+    tpr: float,
+    rule: str = DEFAULT_RULE,
     *,
-    checkpoint_dir=None,
     progress: Progress | None = None,
 ) -> dict:
     """The upper bound that needs the expensive labels: a network trained on the dense labels of
-    the training images with background as a class; a test pixel is OOD where background wins,
-    and 1 - P(background) ranks pixels for the AUROC."""
+    the training images. Where the OOD truth is the declared background, background is one more
+    class: a test pixel is OOD where it wins, and 1 - P(background) ranks the pixels. Where it is
+    a held-out class (loco), the network learns the known classes' dense labels and ``detector``
+    and the threshold ``rule`` make its K+1 map, as for the sparse annotations."""
+    config = replace(config, unlabelled="ignore")  # every pixel of a class is labelled here
+    with_background = fold.protocol == "background"
     net = train_network(
         collection,
         fold.known,
         config,
         dense=True,
-        background_class=True,
-        checkpoint_dir=checkpoint_dir,
+        background_class=with_background,
         progress=progress is not None,
     )
-    run = Inference(config.device, precision=config.precision, channels_last=config.channels_last)
-    predictor = Predictor(net.eval(), collection.normaliser, config.preset, run)
-    scorer = Scorer(predictor, {"fully_supervised": _BackgroundProbability()})
+    run = Inference.of(config)
+    if with_background:
+        predictor = Predictor(net.eval(), collection.normaliser, config.preset, run)
+        scorer = Scorer(predictor, {detector: _BackgroundProbability()})
+        thresholds = {detector: 0.5}
+        how = "background as a class"
+    else:
+        fitted = fit_scorer(
+            collection, net, fold.known, [detector], tpr, run, rule=rule, seed=config.seed
+        )
+        scorer, thresholds = fitted.scorer, fitted.thresholds
+        how = f"{detector}, {rule} threshold"
     tallies, _, _ = test_pass(
         collection,
         fold,
         scorer,
-        {"fully_supervised": 0.5},
+        thresholds,
         seed=config.seed,
-        predict=lambda f, _s, _t: f.logits.argmax(0).numpy(),  # background (index K) = OOD
+        # With background as a class, background (index K) wins or not: it is the OOD call.
+        predict=(lambda f, _s, _t: f.logits.argmax(0).numpy()) if with_background else None,
         progress=progress,
     )
-    tally = tallies["fully_supervised"]
+    tally = tallies[detector]
     ood, _ = tally.ood_result()
     seg = segmentation_from_confusion(tally.confusion)
     cm = tally.confusion
     names = [*(collection.class_names[c - 1] for c in fold.known), "OOD"]
+    id_kept = cm[:-1, :-1].sum() / max(int(cm[:-1].sum()), 1)
+    ood_recall = float(cm[-1, -1] / max(int(cm[-1].sum()), 1))
     return {
-        "method": "fully supervised, background as a class (dense masks)",
+        "method": f"fully supervised ({how}; dense masks)",
         "auroc": ood["auroc"],
         "fpr95": ood["fpr95"],
         "id_accuracy": float(np.trace(cm[:-1, :-1]) / max(int(cm[:-1].sum()), 1)),
-        "ood_recall": float(cm[-1, -1] / max(int(cm[-1].sum()), 1)),
+        "test_tpr": float(id_kept),
+        "ood_recall": ood_recall,
+        "balanced_accuracy": float((id_kept + ood_recall) / 2),
         "miou_k_plus_1": seg["miou"],
         "mdice_k_plus_1": seg["mdice"],
         "iou_k_plus_1": iou_by_class(seg["iou"], names),

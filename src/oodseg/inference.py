@@ -18,22 +18,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
+from scipy import ndimage
 
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import Detector, InputDetector, PixelOutputs, StreamingDetector
 from oodseg.model import PRESETS, Segmenter
 from oodseg.runtime import torch_device
-from oodseg.training import PRECISIONS
+from oodseg.training import PRECISIONS, TTA, TrainConfig
 
 
 @dataclass(frozen=True)
 class Inference:
-    """How a network runs: device, window side (``tile``), bf16 autocast, channels-last memory."""
+    """How a network runs: device, window side (``tile``), bf16 autocast, channels-last memory,
+    and test-time augmentation (``tta``: the outputs averaged over the image's flips, or over its
+    flips and 90-degree rotations, each transformed back)."""
 
     device: str = "cpu"
     tile: int = 1024
     precision: str = "32"  # or "bf16-mixed"
     channels_last: bool = False
+    tta: str = "none"  # "none", "flip" (4 views) or "dihedral" (8 views)
+    smooth: float = 0.0  # score maps Gaussian-filtered with this standard deviation (pixels)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -42,6 +47,29 @@ class Inference:
             )
         if self.tile < 16:
             raise ValueError(f"the window side must be at least 16 pixels, got {self.tile}")
+        if self.tta not in TTA:
+            raise ValueError(
+                f"unknown test-time augmentation {self.tta!r}; choose one of: {', '.join(TTA)}"
+            )
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> Inference:
+        """How a training set-up's network runs at inference."""
+        return cls(
+            config.device,
+            precision=config.precision,
+            channels_last=config.channels_last,
+            tta=config.tta,
+            smooth=config.smooth,
+        )
+
+    @property
+    def views(self) -> list[tuple[int, bool, bool]]:
+        """The (quarter turns, vertical flip, horizontal flip) of each augmented view."""
+        flips = [(False, False), (True, False), (False, True), (True, True)]
+        turns = {"none": [0], "flip": [0], "dihedral": [0, 1]}[self.tta]
+        chosen = flips[:1] if self.tta == "none" else flips
+        return [(k, v, h) for k in turns for v, h in chosen]
 
     @property
     def torch_device(self) -> torch.device:
@@ -51,11 +79,13 @@ class Inference:
 @dataclass(frozen=True)
 class Forward:
     """One image through the network: its normalised, padded input ``x`` (1, C, H', W') and the
-    logits (K, H, W) and features (F, H, W), float32 on the CPU, cropped to the image."""
+    logits (K, H, W), features (F, H, W) and, where the network has that head, known-vs-unknown
+    logits (H, W), float32 on the CPU, cropped to the image."""
 
     x: torch.Tensor
     logits: torch.Tensor
     features: torch.Tensor
+    known: torch.Tensor | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -64,7 +94,7 @@ class Forward:
     def pixels(self, head: torch.nn.Conv2d, mask: np.ndarray | None = None) -> PixelOutputs:
         """The outputs at the pixels where ``mask`` (H, W) is true (every pixel without one)."""
         m = None if mask is None else torch.from_numpy(np.asarray(mask, bool))
-        return PixelOutputs.from_maps(self.logits, self.features, m, head=head)
+        return PixelOutputs.from_maps(self.logits, self.features, m, head=head, known=self.known)
 
 
 @dataclass
@@ -79,18 +109,22 @@ class Predictor:
     def input(self, image: np.ndarray, source: str = "image", first_row: int = 0) -> torch.Tensor:
         """The normalised (1, C, H', W') float32 input of a raw (H, W, C) image, edge-padded to
         sides that are multiples of the network's divisor. A memory map is read here row by row:
-        each row is converted, checked, normalised and transposed on its own (a whole-image
-        transposing copy of a 200-band cube thrashes the cache and cost 3x as much)."""
+        each row is converted, checked, normalised (and projected onto the principal components,
+        if any) and transposed on its own (a whole-image transposing copy of a 200-band cube
+        thrashes the cache and cost 3x as much)."""
         mean = torch.as_tensor(self.normaliser.mean, dtype=torch.float32)
         std = torch.as_tensor(self.normaliser.std, dtype=torch.float32)
-        h, w, c = image.shape
+        p = self.normaliser.projection
+        projection = None if p is None else torch.as_tensor(p.T, dtype=torch.float32)
+        h, w, _ = image.shape
         check = not np.issubdtype(image.dtype, np.integer)
-        x = torch.empty(c, h, w)
+        x = torch.empty(self.normaliser.channels, h, w)
         for r in range(h):
             row = torch.from_numpy(np.array(image[r], np.float32))  # a copy: memmaps are read-only
             if check and not torch.isfinite(row).all():
                 raise ValueError(f"{source}: NaN or Inf values in row {first_row + r}")
-            x[:, r] = ((row - mean) / std).T
+            z = (row - mean) / std
+            x[:, r] = (z if projection is None else z @ projection).T
         d = PRESETS[self.preset].divisor
         x = F.pad(x[None], (0, -w % d, 0, -h % d), mode="replicate")
         return x.to(self.run.torch_device)
@@ -118,9 +152,40 @@ class Predictor:
         place of a bad value in errors."""
         h, w = image.shape[:2]
         x = self.input(image, source, first_row)
-        logits, features = self.window(x, self.net)
+        outputs = None
+        for turns, vflip, hflip in self.run.views:
+            view = _transform(x, turns, vflip, hflip)
+            out = [_untransform(o, turns, vflip, hflip) for o in self.window(view, self._outputs)]
+            outputs = out if outputs is None else [a + b for a, b in zip(outputs, out, strict=True)]
+        if len(self.run.views) > 1:
+            outputs = [o / len(self.run.views) for o in outputs]
         crop = (0, slice(None), slice(0, h), slice(0, w))
-        return Forward(x, logits[crop].float().cpu(), features[crop].float().cpu())
+        logits, features, *known = (o[crop].float().cpu() for o in outputs)
+        return Forward(x, logits, features, known[0][0] if known else None)
+
+    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logits, features and, where the network has that head, the known-vs-unknown logit."""
+        logits, features = self.net(x)
+        if self.net.known_head is None:
+            return logits, features
+        return logits, features, self.net.known_head(features)
+
+
+def _transform(x: torch.Tensor, turns: int, vflip: bool, hflip: bool) -> torch.Tensor:
+    """A view of a (B, C, H, W) batch: flipped, then turned by quarter turns."""
+    dims = [d for d, f in ((-2, vflip), (-1, hflip)) if f]
+    x = x.flip(dims) if dims else x
+    return torch.rot90(x, turns, (-2, -1)) if turns else x
+
+
+def _untransform(x: torch.Tensor, turns: int, vflip: bool, hflip: bool) -> torch.Tensor:
+    """The inverse of :func:`_transform`."""
+    x = torch.rot90(x, -turns, (-2, -1)) if turns else x
+    dims = [d for d, f in ((-2, vflip), (-1, hflip)) if f]
+    return x.flip(dims) if dims else x
+
+
+SCORE_CHUNK = 1 << 18  # pixels a detector scores at a time
 
 
 class Scorer:
@@ -154,7 +219,7 @@ class Scorer:
                     d.partial_fit(outputs, labels)
             if others:
                 gathered.append((outputs, labels))
-        if (others and not gathered) or any(not d.is_fitted() for d in streaming.values()):
+        if (others and not gathered) or any(not d.n_seen_ for d in streaming.values()):
             raise ValueError("no training pixel to fit the detectors on")
         if others:
             outputs = PixelOutputs.concat([o for o, _ in gathered])
@@ -162,6 +227,20 @@ class Scorer:
             for name, d in others.items():
                 with self._timed(name):
                     d.fit(outputs, labels)
+        return self
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether a detector learns from the calibration ID pixels (see :meth:`calibrate`)."""
+        return any(d.needs_calibration for d in self.detectors.values())
+
+    def calibrate(self, batches: Iterable[PixelOutputs]) -> Scorer:
+        """Pass batches of calibration ID pixels to the detectors that learn from them."""
+        for outputs in batches:
+            for name, d in self.detectors.items():
+                if d.needs_calibration:
+                    with self._timed(name):
+                        d.calibrate(outputs)
         return self
 
     @contextmanager
@@ -174,7 +253,9 @@ class Scorer:
         self, forward: Forward, only: Iterable[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Each detector's (H, W) score map of one image's forward pass, in float32: what a user
-        gets in a score file, what thresholds are calibrated on and compared with everywhere."""
+        gets in a score file, what thresholds are calibrated on and compared with everywhere.
+        With the run's ``smooth``, each map is Gaussian-filtered (that standard deviation, in
+        pixels): an unknown object or tissue covers a region, not scattered pixels."""
         h, w = forward.size
         every = forward.pixels(self.head)
         maps = {}
@@ -188,5 +269,12 @@ class Scorer:
                     )
                     maps[name] = smap[0, 0, :h, :w].float().cpu().numpy()
                 else:
-                    maps[name] = det.score(every).reshape(h, w).float().numpy()
+                    # Scored in slices: a detector's float64 work space stays bounded however
+                    # large the image (a full-resolution frame's hypercolumn is 0.2 GB as is).
+                    parts = [det.score(c).float() for c in every.chunks(SCORE_CHUNK)]
+                    maps[name] = torch.cat(parts).reshape(h, w).numpy()
+                if self.predictor.run.smooth:
+                    maps[name] = ndimage.gaussian_filter(
+                        maps[name], self.predictor.run.smooth, mode="nearest"
+                    )
         return maps

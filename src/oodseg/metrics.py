@@ -6,90 +6,135 @@ AUPR-In is the area under the precision-recall curve with ID positive, AUPR-Out 
 AP is the step-wise average precision with ID positive (scikit-learn's ``average_precision_score``).
 FPR95 is the share of OOD pixels kept (score >= threshold) at the first threshold whose TPR >= 0.95.
 
-Everything works on counts per group of tied scores, in float64: ``ood_metrics`` groups by exact value
-after one sort (exact for ties and for scores of any magnitude); :class:`ScoreHistogram` groups by
-fine, order-preserving bins and streams, for 10^8 pixels and more in bounded memory with a reported
-AUROC error bound. We write them ourselves because no library gives all of them from one sort, nor a
-streaming form with a stated error.
+Everything works on counts per group of tied scores: ``ood_metrics`` groups by exact value (each
+side sorted once, in its own precision; exact for ties and for scores of any magnitude);
+:class:`ScoreHistogram` groups by fine, order-preserving bins and streams, for 10^8 pixels and more
+in bounded memory with a reported AUROC error bound. The curves are summed in float64 over chunks
+of groups, so memory stays a few times the scores' own size. We write them ourselves because no
+library gives all of them from one sort, nor a streaming form with a stated error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+CHUNK = 1 << 20  # groups of tied scores summed at a time
+CURVE_POINTS = 2000  # ROC points kept for figures: a step of 1/2000 in FPR or TPR
+
 
 @dataclass(frozen=True)
-class Curve:
-    """Cumulative true and false positives at each distinct threshold, highest score first."""
+class Roc:
+    """A ROC curve from (0, 0) to (1, 1), thinned for figures to the points where the FPR or the
+    TPR crosses a multiple of 1 / ``CURVE_POINTS`` (the metrics use every point)."""
 
-    tps: np.ndarray
-    fps: np.ndarray
+    fpr: np.ndarray
+    tpr: np.ndarray
 
-    @classmethod
-    def from_counts(cls, pos: np.ndarray, neg: np.ndarray) -> Curve:
-        """From positive and negative counts per group of tied scores, highest score first."""
-        return cls(np.cumsum(pos, dtype=np.float64), np.cumsum(neg, dtype=np.float64))
 
-    @property
-    def tpr(self) -> np.ndarray:
-        return np.r_[0.0, self.tps / self.tps[-1]]
-
-    @property
-    def fpr(self) -> np.ndarray:
-        return np.r_[0.0, self.fps / self.fps[-1]]
+def _finite(scores: np.ndarray) -> np.ndarray:
+    s = np.asarray(scores).ravel()
+    if not np.issubdtype(s.dtype, np.floating):
+        s = s.astype(np.float64)
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinity")
+    return s
 
 
 def tie_groups(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positive and negative counts per distinct score, highest score first (exact, one sort)."""
-    pos = np.asarray(positive, np.float64).ravel()
-    neg = np.asarray(negative, np.float64).ravel()
+    """Positive and negative counts per distinct score, highest score first (exact). Each side is
+    sorted on its own and in its own precision (float32 scores stay float32), then merged."""
+    pos, neg = _finite(positive), _finite(negative)
     if pos.size == 0 or neg.size == 0:
         raise ValueError(f"need both ID and OOD scores, got {pos.size} ID and {neg.size} OOD")
-    if not (np.isfinite(pos).all() and np.isfinite(neg).all()):
-        raise ValueError("scores contain NaN or infinity")
-    scores = np.concatenate([pos, neg])
-    is_pos = np.concatenate([np.ones(pos.size, np.int64), np.zeros(neg.size, np.int64)])
-    order = np.argsort(-scores, kind="stable")
-    scores, is_pos = scores[order], is_pos[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(scores)) + 1]
-    n_pos = np.add.reduceat(is_pos, starts)
-    return n_pos, np.diff(np.r_[starts, scores.size]) - n_pos
+    dtype = np.result_type(pos.dtype, neg.dtype)
+    up, cp = np.unique(pos.astype(dtype, copy=False), return_counts=True)
+    un, cn = np.unique(neg.astype(dtype, copy=False), return_counts=True)
+    values = np.union1d(up, un)
+    n_pos, n_neg = np.zeros(len(values), np.int64), np.zeros(len(values), np.int64)
+    n_pos[np.searchsorted(values, up)] = cp
+    n_neg[np.searchsorted(values, un)] = cn
+    return n_pos[::-1], n_neg[::-1]
 
 
-def _aupr(curve: Curve) -> tuple[float, float]:
-    """(area under the PR curve by trapezoids, step-wise average precision) of a curve."""
-    precision = curve.tps / (curve.tps + curve.fps)
-    recall = curve.tps / curve.tps[-1]
-    # Stop at the first point of full recall, and start from (recall 0, precision 1).
-    stop = int(np.searchsorted(curve.tps, curve.tps[-1])) + 1
-    p, r = np.r_[1.0, precision[:stop]], np.r_[0.0, recall[:stop]]
-    return float(np.trapezoid(p, r)), float(np.sum(np.diff(r) * p[1:]))
+def _cumulative(pos: np.ndarray, neg: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Cumulative true and false positives (float64, exact for integer counts below 2^53), chunk
+    by chunk of groups, highest score first."""
+    tp = fp = 0.0
+    for a in range(0, len(pos), CHUNK):
+        tps = tp + np.cumsum(pos[a : a + CHUNK], dtype=np.float64)
+        fps = fp + np.cumsum(neg[a : a + CHUNK], dtype=np.float64)
+        yield tps, fps
+        tp, fp = tps[-1], fps[-1]
+
+
+def _pr_areas(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
+    """(area under the PR curve by trapezoids, step-wise average precision), from (recall 0,
+    precision 1) to the first point of full recall."""
+    total = float(np.sum(pos, dtype=np.float64))
+    area = ap = 0.0
+    last_r, last_p = 0.0, 1.0
+    for tps, fps in _cumulative(pos, neg):
+        full = int(np.searchsorted(tps, total))
+        stop = min(full + 1, len(tps))
+        r = np.r_[last_r, tps[:stop] / total]
+        p = np.r_[last_p, tps[:stop] / (tps[:stop] + fps[:stop])]
+        area += float(np.trapezoid(p, r))
+        ap += float(np.sum(np.diff(r) * p[1:]))
+        if full < len(tps):
+            break
+        last_r, last_p = r[-1], p[-1]
+    return area, ap
+
+
+def separation(
+    pos: np.ndarray, neg: np.ndarray, tpr_level: float = 0.95
+) -> tuple[dict[str, float], Roc]:
+    """AUROC, AUPR-In, AUPR-Out, AP and FPR at ``tpr_level`` from ID (``pos``) and OOD (``neg``)
+    counts per group of tied scores, highest score first, and the thinned ROC curve."""
+    n_pos, n_neg = float(np.sum(pos, dtype=np.float64)), float(np.sum(neg, dtype=np.float64))
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"need both ID and OOD scores, got {int(n_pos)} ID and {int(n_neg)} OOD")
+    auroc, fpr95 = 0.0, None
+    last = (0.0, 0.0)  # (fpr, tpr) of the previous point
+    kept_fpr, kept_tpr = [np.zeros(1)], [np.zeros(1)]
+    last_cell = (0, 0)
+    for tps, fps in _cumulative(pos, neg):
+        tpr, fpr = tps / n_pos, fps / n_neg
+        auroc += float(np.trapezoid(np.r_[last[1], tpr], np.r_[last[0], fpr]))
+        if fpr95 is None:
+            i = int(np.searchsorted(tpr, tpr_level - 1e-12))
+            if tpr_level - 1e-12 <= 0:
+                fpr95 = 0.0
+            elif i < len(tpr):
+                fpr95 = float(fpr[i])
+        cell_f = np.floor(fpr * CURVE_POINTS).astype(np.int64)
+        cell_t = np.floor(tpr * CURVE_POINTS).astype(np.int64)
+        moved = (np.diff(np.r_[last_cell[0], cell_f]) != 0) | (
+            np.diff(np.r_[last_cell[1], cell_t]) != 0
+        )
+        kept_fpr.append(fpr[moved])
+        kept_tpr.append(tpr[moved])
+        last, last_cell = (fpr[-1], tpr[-1]), (cell_f[-1], cell_t[-1])
+    aupr_in, ap = _pr_areas(pos, neg)
+    aupr_out, _ = _pr_areas(neg[::-1], pos[::-1])  # OOD positive, scores negated
+    roc = Roc(np.r_[np.concatenate(kept_fpr), 1.0], np.r_[np.concatenate(kept_tpr), 1.0])
+    return {
+        "auroc": auroc,
+        "aupr_in": aupr_in,
+        "aupr_out": aupr_out,
+        "ap": ap,
+        "fpr95": 1.0 if fpr95 is None else fpr95,
+    }, roc
 
 
 def metrics_from_counts(
     pos: np.ndarray, neg: np.ndarray, tpr_level: float = 0.95
 ) -> dict[str, float]:
-    """AUROC, AUPR-In, AUPR-Out, AP and FPR at ``tpr_level`` from ID (``pos``) and OOD (``neg``)
-    counts per group of tied scores, highest score first."""
-    if pos.sum() == 0 or neg.sum() == 0:
-        raise ValueError(
-            f"need both ID and OOD scores, got {int(pos.sum())} ID and {int(neg.sum())} OOD"
-        )
-    curve = Curve.from_counts(pos, neg)
-    tpr, fpr = curve.tpr, curve.fpr
-    aupr_in, ap = _aupr(curve)
-    # OOD as the positive class with negated scores: the same groups in reverse order.
-    aupr_out, _ = _aupr(Curve.from_counts(neg[::-1], pos[::-1]))
-    return {
-        "auroc": float(np.trapezoid(tpr, fpr)),
-        "aupr_in": aupr_in,
-        "aupr_out": aupr_out,
-        "ap": ap,
-        "fpr95": float(fpr[np.searchsorted(tpr, tpr_level - 1e-12)]),
-    }
+    """:func:`separation`'s metrics alone."""
+    return separation(pos, neg, tpr_level)[0]
 
 
 def ood_metrics(
@@ -119,15 +164,16 @@ class ScoreHistogram:
     mantissa bits): no score range is needed in advance and huge offsets (Energy of 10^4) lose
     nothing but float32 precision. Each bin counts as one group of tied scores; the AUROC can differ
     from the exact value only through ID/OOD pairs sharing a bin, at most half of them:
-    ``auroc_error_bound`` reports that bound for the data seen.
+    ``auroc_error_bound`` reports that bound for the data seen. Counts are int32 (16 MiB a side at
+    22 bits) until a bin would overflow, then int64.
     """
 
     def __init__(self, bits: int = 22):
         if not 10 <= bits <= 26:
             raise ValueError(f"histogram bits must be between 10 and 26, got {bits}")
         self.bits = bits
-        self.id_counts_ = np.zeros(2**bits, np.int64)
-        self.ood_counts_ = np.zeros(2**bits, np.int64)
+        self.id_counts_ = np.zeros(2**bits, np.int32)
+        self.ood_counts_ = np.zeros(2**bits, np.int32)
 
     def _bins(self, scores: np.ndarray) -> np.ndarray:
         s = np.asarray(scores, np.float32).ravel()
@@ -138,43 +184,94 @@ class ScoreHistogram:
         key = np.where(key >> 31 == 1, ~key, key | np.uint32(0x80000000))
         return key >> np.uint32(32 - self.bits)
 
+    def _add(self, counts: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        bins, n = np.unique(self._bins(scores), return_counts=True)
+        if len(n) and counts.dtype == np.int32 and int(counts[bins].max()) + int(n.max()) >= 2**31:
+            counts = counts.astype(np.int64)
+        counts[bins] += n.astype(counts.dtype)
+        return counts
+
     def update(self, id_scores: np.ndarray, ood_scores: np.ndarray) -> ScoreHistogram:
         """Add a batch of ID and OOD scores (either may be empty)."""
-        self.id_counts_ += np.bincount(self._bins(id_scores), minlength=2**self.bits)
-        self.ood_counts_ += np.bincount(self._bins(ood_scores), minlength=2**self.bits)
+        self.id_counts_ = self._add(self.id_counts_, id_scores)
+        self.ood_counts_ = self._add(self.ood_counts_, ood_scores)
         return self
+
+    def groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """ID and OOD counts per occupied bin, highest score first."""
+        used = np.flatnonzero((self.id_counts_ > 0) | (self.ood_counts_ > 0))[::-1]
+        return self.id_counts_[used].astype(np.int64), self.ood_counts_[used].astype(np.int64)
+
+    def error_bound(self) -> float:
+        """Half the share of ID / OOD pairs that share a bin: the most the AUROC can be off."""
+        pos, neg = self.groups()
+        shared = float(np.dot(pos.astype(np.float64), neg))
+        return 0.5 * shared / (float(pos.sum()) * float(neg.sum()))
 
     def compute(self, tpr_level: float = 0.95) -> dict[str, float]:
         """The metrics of every score seen, and the AUROC error bound."""
-        used = (self.id_counts_ + self.ood_counts_) > 0
-        pos, neg = self.id_counts_[used][::-1], self.ood_counts_[used][::-1]
-        result = metrics_from_counts(pos, neg, tpr_level)
-        shared = float(np.dot(pos.astype(np.float64), neg)) / (float(pos.sum()) * float(neg.sum()))
-        return {**result, "auroc_error_bound": 0.5 * shared}
+        result = metrics_from_counts(*self.groups(), tpr_level)
+        return {**result, "auroc_error_bound": self.error_bound()}
 
 
-EXACT_LIMIT = 10_000_000  # scored pixels kept for exact metrics before the histogram takes over
+EXACT_LIMIT = 2_000_000  # scored pixels kept for exact metrics before the histogram takes over
 FIGURE_SAMPLE = 200_000  # scores kept per side for histogram figures (seeded, uniform)
+
+
+class Reservoir:
+    """A seeded uniform sample of at most ``size`` values of a stream: every value draws a random
+    key and the values with the smallest keys are kept."""
+
+    def __init__(self, size: int, rng: np.random.Generator):
+        self.size, self.rng = size, rng
+        self.keys = np.zeros(0)
+        self.values = np.zeros(0, np.float32)
+
+    def add(self, values: np.ndarray) -> None:
+        keys = np.r_[self.keys, self.rng.random(len(values))]
+        kept = np.r_[self.values, np.asarray(values, np.float32).ravel()]
+        if len(keys) > self.size:
+            keep = np.argpartition(keys, self.size)[: self.size]
+            keys, kept = keys[keep], kept[keep]
+        self.keys, self.values = keys, kept
 
 
 class ScoreTally:
     """One detector's test results, streamed image by image: ID / OOD scores (exact up to
     :data:`EXACT_LIMIT` pixels, then a :class:`ScoreHistogram`), a seeded subsample for the
-    histograms, the K+1 confusion matrix and per-image AUROCs."""
+    histograms, the K+1 confusion matrix at the threshold, per-image AUROCs and, given candidate
+    thresholds, a :class:`ThresholdSweep`."""
 
-    def __init__(self, k: int, seed: int):
+    def __init__(self, k: int, seed: int, candidates: np.ndarray | None = None):
         self.k = k
         self.exact: tuple[list, list] | None = ([], [])
         self.histogram: ScoreHistogram | None = None
         self.n = 0
         self.confusion = np.zeros((k + 1, k + 1), np.int64)
         self.per_image: list[float] = []
-        self.sample = [np.zeros(0, np.float32), np.zeros(0, np.float32)]
-        self.keys = [np.zeros(0), np.zeros(0)]
-        self.rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed)
+        self.samples = (Reservoir(FIGURE_SAMPLE, rng), Reservoir(FIGURE_SAMPLE, rng))
+        self.sweep = ThresholdSweep(candidates, k) if candidates is not None else None
 
-    def add(self, id_s: np.ndarray, ood_s: np.ndarray, truth: np.ndarray, pred: np.ndarray):
+    @property
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """The seeded subsample of ID and OOD scores (for figures)."""
+        return self.samples[0].values, self.samples[1].values
+
+    def add(
+        self,
+        id_s: np.ndarray,
+        ood_s: np.ndarray,
+        truth: np.ndarray,
+        pred: np.ndarray,
+        scores: np.ndarray | None = None,
+        argmax: np.ndarray | None = None,
+    ) -> None:
+        """One image's scored pixels: ID and OOD scores, the K+1 truth and prediction, and (for
+        the sweep) every scored pixel's score and closed-set class in the order of ``truth``."""
         self.confusion += confusion_matrix(truth, pred, self.k + 1)
+        if self.sweep is not None:
+            self.sweep.add(scores, truth, argmax)
         if len(id_s) and len(ood_s):
             self.per_image.append(ood_metrics(id_s, ood_s)["auroc"])
         self.n += len(id_s) + len(ood_s)
@@ -183,33 +280,91 @@ class ScoreTally:
             self.exact[1].append(ood_s.astype(np.float32))
             if self.n > EXACT_LIMIT:
                 self.histogram = ScoreHistogram()
-                self.histogram.update(np.concatenate(self.exact[0]), np.concatenate(self.exact[1]))
+                for i, o in zip(*self.exact, strict=True):
+                    self.histogram.update(i, o)
                 self.exact = None
         else:
             self.histogram.update(id_s, ood_s)
-        for side, s in enumerate((id_s, ood_s)):
-            keys = np.r_[self.keys[side], self.rng.random(len(s))]
-            values = np.r_[self.sample[side], s.astype(np.float32)]
-            if len(keys) > FIGURE_SAMPLE:
-                keep = np.argpartition(keys, FIGURE_SAMPLE)[:FIGURE_SAMPLE]
-                keys, values = keys[keep], values[keep]
-            self.keys[side], self.sample[side] = keys, values
+        self.samples[0].add(id_s)
+        self.samples[1].add(ood_s)
 
     def groups(self) -> tuple[np.ndarray, np.ndarray]:
         """ID and OOD counts per group of tied scores, highest first (bins beyond the limit)."""
         if self.exact is not None:
             return tie_groups(np.concatenate(self.exact[0]), np.concatenate(self.exact[1]))
-        used = (self.histogram.id_counts_ + self.histogram.ood_counts_) > 0
-        return self.histogram.id_counts_[used][::-1], self.histogram.ood_counts_[used][::-1]
+        return self.histogram.groups()
 
-    def ood_result(self) -> tuple[dict, Curve]:
-        """The separation metrics, with the AUROC error bound where the histogram was taken."""
-        groups = self.groups()
-        result = metrics_from_counts(*groups)
+    def ood_result(self) -> tuple[dict, Roc]:
+        """The separation metrics, with the AUROC error bound where the histogram was taken,
+        and the (thinned) ROC curve."""
+        result, roc = separation(*self.groups())
         result["auroc_error_bound"] = (
-            0.0 if self.exact is not None else self.histogram.compute()["auroc_error_bound"]
+            0.0 if self.exact is not None else self.histogram.error_bound()
         )
-        return result, Curve.from_counts(*groups)
+        return result, roc
+
+
+class ThresholdSweep:
+    """The K+1 map's quality at every one of a set of candidate thresholds, streamed: per interval
+    between candidates, the scored pixels' counts per truth class, and per closed-set class the
+    pixels predicted and those predicted right. A pixel is kept (its arg-max class) when its score
+    >= the threshold, else OOD (index K); counts are exact at every candidate."""
+
+    def __init__(self, candidates: np.ndarray, k: int):
+        self.candidates = np.unique(np.asarray(candidates, np.float32))
+        self.k = k
+        n = len(self.candidates) + 1
+        self.truth = np.zeros((n, k + 1), np.int64)  # [interval, truth class]
+        self.predicted = np.zeros((n, k), np.int64)  # [interval, arg-max class]
+        self.right = np.zeros((n, k), np.int64)  # [interval, class]: arg-max == truth
+
+    def add(self, scores: np.ndarray, truth: np.ndarray, argmax: np.ndarray) -> None:
+        # Interval j holds the scores in [candidate j-1, candidate j): kept at candidates < j.
+        at = np.searchsorted(self.candidates, np.asarray(scores, np.float32), side="right")
+        n, k = len(self.candidates) + 1, self.k
+        self.truth += np.bincount(at * (k + 1) + truth, minlength=n * (k + 1)).reshape(n, k + 1)
+        self.predicted += np.bincount(at * k + argmax, minlength=n * k).reshape(n, k)
+        hit = truth == argmax
+        self.right += np.bincount(at[hit] * k + argmax[hit], minlength=n * k).reshape(n, k)
+
+    def curves(self) -> dict[str, np.ndarray]:
+        """Per candidate threshold: test TPR (ID pixels kept), OOD recall, balanced accuracy, ID
+        accuracy and mIoU of the K+1 map (mean over the classes present in truth or prediction)."""
+        k = self.k
+        # Kept at candidate i: the pixels of intervals i+1.. (scores >= candidate i).
+        kept = lambda a: np.cumsum(a[::-1], axis=0)[::-1][1:]  # noqa: E731
+        truth_kept, pred_kept, right_kept = kept(self.truth), kept(self.predicted), kept(self.right)
+        in_truth = self.truth.sum(0)
+        n_id, n_ood = in_truth[:k].sum(), in_truth[k]
+        tpr = truth_kept[:, :k].sum(1) / max(n_id, 1)
+        recall = (n_ood - truth_kept[:, k]) / max(n_ood, 1)
+        rejected = self.truth.sum() - truth_kept.sum(1)
+        tp = np.c_[right_kept, n_ood - truth_kept[:, k]].astype(np.float64)
+        in_pred = np.c_[pred_kept, rejected]
+        union = in_truth[None] + in_pred - tp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(union > 0, tp / union, np.nan)
+        return {
+            "threshold": self.candidates.astype(np.float64),
+            "test_tpr": tpr,
+            "ood_recall": recall,
+            "balanced_accuracy": (tpr + recall) / 2,
+            "id_accuracy": right_kept.sum(1) / max(n_id, 1),
+            "miou_k_plus_1": np.nanmean(iou, axis=1),
+        }
+
+    def at(self, threshold: float) -> dict[str, float]:
+        """The curves at one of the candidates."""
+        i = int(np.searchsorted(self.candidates, np.float32(threshold)))
+        if i == len(self.candidates) or self.candidates[i] != np.float32(threshold):
+            raise ValueError(f"threshold {threshold} is not one of the sweep's candidates")
+        return {name: float(v[i]) for name, v in self.curves().items()}
+
+    def best(self, metric: str = "balanced_accuracy") -> dict[str, float]:
+        """The candidate with the best ``metric`` on the test truth (the oracle's threshold)."""
+        curves = self.curves()
+        i = int(np.nanargmax(curves[metric]))
+        return {name: float(v[i]) for name, v in curves.items()}
 
 
 def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:

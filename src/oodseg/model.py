@@ -41,6 +41,7 @@ PRESETS = {
 
 
 FEATURES = ("last", "hypercolumn")
+KNOWN_HIDDEN = 32  # hidden channels of the known-vs-unknown head
 
 
 class Segmenter(nn.Module):
@@ -48,7 +49,10 @@ class Segmenter(nn.Module):
 
     ``features`` is the decoder's last map, and with ``taps`` also the outputs of those earlier
     decoder stages, upsampled to the input size and concatenated (a hypercolumn). The head is a
-    1 x 1 convolution on these features, so logits = W · features + b at every pixel.
+    1 x 1 convolution on these features, so logits = W · features + b at every pixel. With
+    ``known_head``, a second, per-pixel head (1 x 1 convolutions, one hidden layer) maps the
+    features to a known-vs-unknown logit, trained on the unlabelled pixels (see
+    :func:`oodseg.training.nnpu_risk`).
     """
 
     def __init__(
@@ -58,9 +62,12 @@ class Segmenter(nn.Module):
         num_classes: int,
         taps: Sequence[tuple[nn.Module, int]] = (),
         preset: str = "small",
+        known_head: bool = False,
+        stem: nn.Conv2d | None = None,
     ):
         super().__init__()
         self.preset = preset  # the preset it was built from (its input divisor)
+        self.stem = stem  # a learned 1 x 1 projection of the bands, before the backbone
         self.backbone = backbone
         self._tapped: list[torch.Tensor] = []
         for module, _ in taps:
@@ -68,10 +75,19 @@ class Segmenter(nn.Module):
         self.feature_channels = last_channels + sum(c for _, c in taps)
         self.num_classes = num_classes
         self.head = nn.Conv2d(self.feature_channels, num_classes, 1)
+        self.known_head = (
+            nn.Sequential(
+                nn.Conv2d(self.feature_channels, KNOWN_HIDDEN, 1),
+                nn.ReLU(),
+                nn.Conv2d(KNOWN_HIDDEN, 1, 1),
+            )
+            if known_head
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._tapped.clear()
-        last = self.backbone(x)
+        last = self.backbone(x if self.stem is None else self.stem(x))
         if self._tapped:
             size = last.shape[-2:]
             stages = [
@@ -90,10 +106,15 @@ def build_network(
     *,
     features: str = "last",
     encoder_weights: str | Path | None = None,
+    known_head: bool = False,
+    stem: int = 0,
 ) -> Segmenter:
     """The network of a preset. ``features``: ``last`` (the decoder's last map) or ``hypercolumn``
     (every decoder stage). ``encoder_weights`` (reference preset only) is a local safetensors or
-    PyTorch state dict for the EfficientNet-B4 encoder; nothing is ever downloaded."""
+    PyTorch state dict for the EfficientNet-B4 encoder; nothing is ever downloaded.
+    ``known_head`` adds the known-vs-unknown head. With ``stem`` below ``in_channels``, a learned
+    1 x 1 convolution first maps the bands to ``stem`` channels: the backbone's first 3 x 3
+    convolution, most of the small preset's cost on hyperspectral input, then sees far fewer."""
     if preset not in PRESETS:
         raise ValueError(f"unknown network preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     if features not in FEATURES:
@@ -101,6 +122,9 @@ def build_network(
             f"unknown feature choice {features!r}; choose one of: {', '.join(FEATURES)}"
         )
     hypercolumn = features == "hypercolumn"
+    spectral = nn.Conv2d(in_channels, stem, 1) if 0 < stem < in_channels else None
+    if spectral is not None:
+        in_channels = stem
     if preset == "small":
         if encoder_weights is not None:
             raise ValueError("encoder weights apply to the reference preset only")
@@ -116,7 +140,9 @@ def build_network(
         )
         net.final_conv = nn.Identity()
         taps = [(net.upcat_4, fea[3]), (net.upcat_3, fea[2]), (net.upcat_2, fea[1])]
-        return Segmenter(net, fea[5], num_classes, taps if hypercolumn else (), preset)
+        return Segmenter(
+            net, fea[5], num_classes, taps if hypercolumn else (), preset, known_head, spectral
+        )
     decoder_channels = (256, 128, 64, 32, 16)
     net = FlexibleUNet(
         in_channels=in_channels,
@@ -129,7 +155,15 @@ def build_network(
     if encoder_weights is not None:
         load_matching_weights(net.encoder, encoder_weights)
     taps = list(zip(net.decoder.blocks[:-1], decoder_channels[:-1], strict=True))
-    return Segmenter(net, decoder_channels[-1], num_classes, taps if hypercolumn else (), preset)
+    return Segmenter(
+        net,
+        decoder_channels[-1],
+        num_classes,
+        taps if hypercolumn else (),
+        preset,
+        known_head,
+        spectral,
+    )
 
 
 def load_matching_weights(module: nn.Module, path: Path) -> int:

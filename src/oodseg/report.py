@@ -23,7 +23,7 @@ from rich.table import Table  # noqa: E402
 
 from oodseg.engine import BACKGROUND, Collection, FoldResult  # noqa: E402
 from oodseg.io import atomic_path  # noqa: E402
-from oodseg.results import METRICS, assemble  # noqa: E402
+from oodseg.results import BASELINE_METRICS, METRICS, OPERATING, assemble  # noqa: E402
 
 if TYPE_CHECKING:  # annotations only: evaluate draws with this module's helpers
     from oodseg.bundle import Bundle
@@ -54,15 +54,6 @@ CONSOLE_METRICS = (
     "miou_k_plus_1",
 )
 FOLD_TABLES = ("auroc", "fpr95", "id_accuracy", "ood_recall", "miou_k_plus_1")
-BASELINE_METRICS = (
-    "auroc",
-    "fpr95",
-    "id_accuracy",
-    "ood_recall",
-    "miou_k_plus_1",
-    "mdice_k_plus_1",
-)
-_FIGURE_FIELDS = ("threshold", "fpr", "tpr", "id_scores", "ood_scores")
 
 
 @dataclass
@@ -86,48 +77,44 @@ def _stem(order: int, key: str) -> str:
 def write_fold(
     out: Path,
     order: int,
-    result: FoldResult | dict,
+    result: FoldResult,
     *,
-    collection: Collection | None = None,
+    collection: Collection,
     seconds: float = 0.0,
 ) -> None:
-    """A finished fold (or baseline, a dict) into ``out/folds``: its rows (JSON), its figure
-    data (NPZ, arrays only: read back without unpickling) and its panels (PNG, in ``out``)."""
+    """A finished fold into ``out/folds``: its rows and baselines (JSON), its figure data (NPZ,
+    arrays only: read back without unpickling) and its panels (PNG, in ``out``)."""
+    from oodseg.crossval import left_out
+
     folds = out / "folds"
     folds.mkdir(parents=True, exist_ok=True)
-    if isinstance(result, dict):
-        record = {"order": order, "seconds": seconds, **result}
-        stem = _stem(order, "baseline-fully_supervised")
-    else:
-        from oodseg.crossval import left_out
-
-        fold = result.fold
-        names = [collection.class_names[c - 1] for c in fold.known]
-        record = {
-            "order": order,
-            "seconds": seconds,
-            "fold": {
-                "protocol": fold.protocol,
-                "name": fold.name,
-                "known": names,
-                "left_out": left_out(collection, fold),
-            },
-            "rows": result.rows,
-            "closed_set": result.closed_set,
-        }
-        stem = _stem(order, fold.key)
-        arrays = {
-            f"{det}|{name}": np.asarray(value)
-            for det, fig in result.figures.items()
-            for name, value in fig.items()
-        }
-        with atomic_path(folds / f"{stem}.npz") as tmp:
-            np.savez_compressed(tmp, **arrays)
-        if result.panels:
-            views = [_panel_view(collection, fold, p) for p in result.panels]
-            det = result.rows[0]["detector"]
-            title = f"{collection.name}, {fold.protocol}: OOD = {fold.name}"
-            plot_panels(views, collection.class_names, det, title, out / f"panel_{stem}.png")
+    fold = result.fold
+    record = {
+        "order": order,
+        "seconds": seconds,
+        "fold": {
+            "protocol": fold.protocol,
+            "name": fold.name,
+            "known": [collection.class_names[c - 1] for c in fold.known],
+            "left_out": left_out(collection, fold),
+        },
+        "rows": result.rows,
+        "closed_set": result.closed_set,
+        "fully_supervised": result.fully_supervised,
+    }
+    stem = _stem(order, fold.key)
+    arrays = {
+        f"{det}|{name}": np.asarray(value)
+        for det, fig in result.figures.items()
+        for name, value in fig.items()
+    }
+    with atomic_path(folds / f"{stem}.npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+    if result.panels:
+        views = [_panel_view(collection, fold, p) for p in result.panels]
+        det = result.rows[0]["detector"]
+        title = f"{collection.name}, {fold.protocol}: OOD = {fold.name}"
+        plot_panels(views, collection.class_names, det, title, out / f"panel_{stem}.png")
     with atomic_path(folds / f"{stem}.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1))
 
@@ -156,8 +143,6 @@ def _figure_data(folder: Path) -> dict[str, list[dict]]:
     """Per protocol, per fold: the figure arrays of each detector."""
     out: dict[str, list[dict]] = {}
     for record in load_fold_files(folder):
-        if "fold" not in record:
-            continue
         path = folder / "folds" / f"{_stem(record['order'], _key(record))}.npz"
         figures: dict[str, dict] = {}
         with np.load(path, allow_pickle=False) as z:
@@ -218,7 +203,7 @@ def write_merged(out: Path, runs: Sequence[Path]) -> dict:
         for s in sub["skipped_folds"]
     ]
     unique = [s for i, s in enumerate(skipped) if s not in skipped[:i]]
-    header = {k: v for k, v in header.items() if k not in ("protocols", "baselines")}
+    header = {k: v for k, v in header.items() if k != "protocols"}
     header["seconds"] = round(sum(h["seconds"] for h in headers), 1)
     header["merged_from"] = len(runs)
     res = assemble(header, load_fold_files(out), unique)
@@ -239,8 +224,8 @@ def markdown(res: dict) -> str:
         f"# {res['dataset']}: open-set segmentation from sparse annotations",
         "",
         f"{res['description'][:1].upper()}{res['description'][1:]}. Network: {cfg['network']}, {t['epochs']} epochs x "
-        f"{t['patches_per_epoch']} patches; threshold at TPR {cfg['tpr']} of the calibration "
-        f"annotations. Annotated pixels: "
+        f"{t['patches_per_epoch']} patches, {TRAINING[t.get('unlabelled', 'ignore')]}; K+1 map at "
+        f"the {THRESHOLDS[cfg.get('threshold', 'tpr')].format(tpr=cfg['tpr'])}. Annotated pixels: "
         + ", ".join(f"{k} {v}" for k, v in res["annotated_pixels"].items())
         + (f"; {res['seconds']:.0f} s on {res['machine']}." if "seconds" in res else "."),
     ]
@@ -253,22 +238,93 @@ def markdown(res: dict) -> str:
             + ", ".join(f"{v} pixels {k}" for k, v in res["colour_masks"].items())
             + " (JPEG noise snapped to the nearest palette colour; farther pixels ignored).",
         ]
-    if res["baselines"]:
-        lines += ["", "## Background as OOD: baselines next to the method", ""]
-        lines += ["| method | " + " | ".join(LABELS[m] for m in BASELINE_METRICS) + " |"]
-        lines.append("|---" * (len(BASELINE_METRICS) + 1) + "|")
-        ours = [
-            {"method": f"OOD-SEG, {det}", **{m: s[m]["mean"] for m in s}}
-            for det, s in res["protocols"].get("background", {"summary": {}})["summary"].items()
-        ]
-        # The method between its bounds: the closed set first, full supervision last.
-        rows = res["baselines"][:1] + ours + res["baselines"][1:]
-        for r in rows:
-            cells = ["—" if r.get(m) is None else f"{r[m]:.3f}" for m in BASELINE_METRICS]
-            lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    lines += ["", "## At a glance", "", _headline_markdown(res)]
+    for protocol in res["protocols"]:
+        lines += ["", f"![ROC curves, {protocol}](roc_{protocol}.png)"]
     for protocol, sub in res["protocols"].items():
         lines += ["", _protocol_markdown(protocol, sub)]
     return "\n".join(lines) + "\n"
+
+
+def headline(res: dict) -> list[dict]:
+    """Per protocol, what a reader looks at first: the best detector, the run's first (default)
+    detector at its threshold, and the baselines on either side of the method."""
+    out = []
+    first = res["config"]["detectors"][0]
+    for protocol, sub in res["protocols"].items():
+        s = sub["summary"]
+        if not s:
+            continue
+        best = max(s, key=lambda d: s[d]["auroc"]["mean"])
+        bounds = {b["method"].split(" (")[0]: b for b in sub.get("baselines", [])}
+        out.append(
+            {
+                "protocol": protocol,
+                "folds": len({r["held_out"] for r in sub["folds"]}),
+                "best": best,
+                "best_auroc": s[best]["auroc"]["mean"],
+                "detector": first,
+                **{m: s[first][m]["mean"] for m in ("auroc", "test_tpr", "ood_recall")},
+                "miou": s[first]["miou_k_plus_1"]["mean"],
+                "closed_set": bounds.get("closed-set arg-max"),
+                "fully_supervised": bounds.get("fully supervised"),
+            }
+        )
+    return out
+
+
+HEADLINE_COLUMNS = (
+    "folds | best detector: AUROC | default detector: AUROC | its test TPR / OOD recall | its "
+    "K+1 mIoU | closed set: K+1 mIoU | fully supervised: AUROC / K+1 mIoU"
+)
+
+
+def headline_cells(h: dict) -> list[str]:
+    """One :func:`headline` entry as the table cells of :data:`HEADLINE_COLUMNS`."""
+    closed, full = h["closed_set"], h["fully_supervised"]
+    return [
+        str(h["folds"]),
+        f"{h['best']} {h['best_auroc']:.3f}",
+        f"{h['detector']} {h['auroc']:.3f}",
+        f"{h['test_tpr']:.2f} / {h['ood_recall']:.2f}",
+        f"{h['miou']:.3f}",
+        f"{closed['miou_k_plus_1']:.3f}" if closed else "—",
+        f"{full['auroc']:.3f} / {full['miou_k_plus_1']:.3f}" if full else "—",
+    ]
+
+
+def _headline_markdown(res: dict) -> str:
+    lines = [f"| protocol | {HEADLINE_COLUMNS} |", "|---" * 8 + "|"]
+    lines += ["| " + " | ".join([h["protocol"], *headline_cells(h)]) + " |" for h in headline(res)]
+    return "\n".join(lines)
+
+
+TRAINING = {
+    "ignore": "cross-entropy on the annotated pixels only (the paper's training)",
+    "nnpu": "cross-entropy + a known-vs-unknown head trained with the non-negative PU risk on the "
+    "unlabelled pixels (beyond the paper)",
+    "nnpu-head": "cross-entropy, and a known-vs-unknown head trained with the non-negative PU risk "
+    "on its features (beyond the paper; the network is the paper's)",
+}
+THRESHOLDS = {
+    "tpr": "threshold keeping {tpr} of the calibration annotations (the paper's rule)",
+    "pu": "threshold flagging the OOD share of the unlabelled pixels that best-bin estimation "
+    "finds (PU rule)",
+}
+
+
+def _baselines_markdown(sub: dict) -> str:
+    """The method between its bounds: the closed set, every detector, full supervision."""
+    lines = ["| method | " + " | ".join(LABELS[m] for m in BASELINE_METRICS) + " |"]
+    lines.append("|---" * (len(BASELINE_METRICS) + 1) + "|")
+    ours = [
+        {"method": f"OOD-SEG, {det}", **{m: s[m]["mean"] for m in BASELINE_METRICS if m in s}}
+        for det, s in sub["summary"].items()
+    ]
+    for r in sub["baselines"][:1] + ours + sub["baselines"][1:]:
+        cells = ["—" if r.get(m) is None else f"{r[m]:.3f}" for m in BASELINE_METRICS]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 PROTOCOL_TITLES = {
@@ -282,6 +338,13 @@ def _protocol_markdown(protocol: str, sub: dict) -> str:
     n_folds = len({r["held_out"] for r in sub["folds"]})
     folds = f"{n_folds} fold" + ("s" if n_folds != 1 else "")
     lines = [f"## {PROTOCOL_TITLES[protocol]}", ""]
+    if detectors and sub.get("baselines"):
+        lines += [
+            f"### Between the bounds: closed set, the method, full supervision (means over {folds})",
+            "",
+            _baselines_markdown(sub),
+            "",
+        ]
     if detectors:
         lines += [f"### Mean ± std over {folds}", ""]
         lines += ["| detector | " + " | ".join(LABELS[m] for m in SUMMARY_METRICS) + " |"]
@@ -290,6 +353,8 @@ def _protocol_markdown(protocol: str, sub: dict) -> str:
             f"| {d} | " + " | ".join(_fmt(sub["summary"][d], m) for m in SUMMARY_METRICS) + " |"
             for d in detectors
         ]
+        lines += ["", _operating_markdown(sub, detectors)]
+    lines += ["", '<details markdown="1"><summary>Per-fold tables and detector cost</summary>']
     for metric in FOLD_TABLES if n_folds > 1 else ():
         lines += ["", f"### {LABELS[metric]} per fold", ""]
         lines += ["| held out | " + " | ".join(detectors) + " |"]
@@ -313,6 +378,7 @@ def _protocol_markdown(protocol: str, sub: dict) -> str:
         lines += ["", "### Detector cost (fit + score, seconds per fold)", ""]
         lines += ["| detector | seconds |", "|---|---|"]
         lines += [f"| {d} | {np.mean(v):.3f} |" for d, v in cost.items()]
+    lines += ["", "</details>"]
     if sub["skipped_folds"]:
         lines += [
             "",
@@ -328,17 +394,56 @@ def _protocol_markdown(protocol: str, sub: dict) -> str:
     return "\n".join(lines)
 
 
+RULE_TITLES = {
+    "tpr": "TPR rule (paper)",
+    "pu": "PU rule",
+    "oracle": "oracle (test truth)",
+}
+
+
+def _operating_markdown(sub: dict, detectors: list[str]) -> str:
+    """Each threshold rule's operating point next to the oracle's, mean over folds, and the ID
+    share among the unlabelled pixels as estimated (BBE) and as it truly is."""
+    rules = [r for r in RULE_TITLES if any(f"{r}:test_tpr" in sub["summary"][d] for d in detectors)]
+    lines = [
+        "### Operating points: test TPR / OOD recall / balanced accuracy / K+1 mIoU (means)",
+        "",
+        "| detector | " + " | ".join(RULE_TITLES[r] for r in rules) + " | ID share of the "
+        "unlabelled pixels: estimated / true |",
+        "|---" * (len(rules) + 2) + "|",
+    ]
+    metrics = ("test_tpr", "ood_recall", "balanced_accuracy", "miou_k_plus_1")
+    for d in detectors:
+        s = sub["summary"][d]
+        cells = [
+            " / ".join(f"{s[f'{r}:{m}']['mean']:.2f}" for m in metrics)
+            if f"{r}:test_tpr" in s
+            else "—"
+            for r in rules
+        ]
+        share = " / ".join(
+            f"{s[k]['mean']:.2f}" if k in s else "—" for k in ("id_share_estimate", "id_share_true")
+        )
+        lines.append(f"| {d} | " + " | ".join(cells) + f" | {share} |")
+    return "\n".join(lines)
+
+
 def csv_table(res: dict) -> str:
     """One row per protocol, fold and detector, then a mean and a std row per detector."""
+    columns = METRICS + OPERATING
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["protocol", "held_out", "detector", *METRICS])
+    writer.writerow(["protocol", "held_out", "detector", *columns])
+    cell = lambda v: "" if v is None else f"{v:.6g}"  # noqa: E731
     for name, sub in res["protocols"].items():
         for r in sub["folds"]:
-            writer.writerow([name, r["held_out"], r["detector"], *(f"{r[m]:.6g}" for m in METRICS)])
+            writer.writerow(
+                [name, r["held_out"], r["detector"], *(cell(r.get(m)) for m in columns)]
+            )
         for stat in ("mean", "std"):
             for d, s in sub["summary"].items():
-                writer.writerow([name, stat, d, *(f"{s[m][stat]:.6g}" for m in METRICS)])
+                values = (s[m][stat] if m in s else None for m in columns)
+                writer.writerow([name, stat, d, *(cell(v) for v in values)])
     return buf.getvalue()
 
 
@@ -364,17 +469,32 @@ def _detector_grid(n: int) -> tuple[plt.Figure, np.ndarray]:
     return fig, axes.ravel()
 
 
+OPERATING_MARKERS = {"tpr": "o", "pu": "s", "oracle": "*"}
+
+
 def plot_roc(folds: list[dict], aurocs: dict[str, str], title: str, path: Path) -> None:
-    """ROC curves of every fold (``{detector: {"fpr", "tpr"}}`` each), one panel per detector."""
+    """ROC curves of every fold (``{detector: {"fpr", "tpr"}}`` each), one panel per detector,
+    with each threshold rule's operating point marked on its fold's curve where known."""
     detectors = list(aurocs)
     fig, axes = _detector_grid(len(detectors))
     for ax, det in zip(axes, detectors, strict=False):
         for fold in folds:
-            ax.plot(fold[det]["fpr"], fold[det]["tpr"], lw=0.8, alpha=0.7)
+            (line,) = ax.plot(fold[det]["fpr"], fold[det]["tpr"], lw=0.8, alpha=0.7)
+            for (fpr, tpr), marker in zip(
+                fold[det].get("operating", ()), OPERATING_MARKERS.values(), strict=False
+            ):
+                ax.plot(fpr, tpr, marker, color=line.get_color(), ms=4, mec="k", mew=0.4)
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set_title(f"{det}: AUROC {aurocs[det]}", fontsize=9)
         ax.set(xlabel="FPR (OOD kept)", ylabel="TPR (ID kept)")
-    fig.suptitle(f"ROC per fold ({title})")
+    if any("operating" in f.get(detectors[0], {}) for f in folds):
+        handles = [
+            plt.Line2D([], [], ls="", marker=m, color="grey", mec="k", mew=0.4)
+            for m in OPERATING_MARKERS.values()
+        ]
+        labels = ["TPR rule", "PU rule", "oracle"]
+        fig.legend(handles, labels, loc="lower right", fontsize=8)
+    fig.suptitle(f"ROC per fold ({title}); markers: each threshold rule's operating point")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -588,19 +708,32 @@ _EVAL_LABELS = {**LABELS, "id_kept": "ID kept (TPR)"}
 
 def write_html(folder: Path) -> Path:
     """``report.html`` in ``folder``: its results.md as HTML with every PNG figure embedded, one
-    self-contained file that reads offline."""
+    self-contained file that reads offline. Figures the page refers to stay where it shows them
+    (it leads with them); the others follow the tables."""
     import base64
+    import re
 
     import markdown
 
     md_path = folder / "results.md"
     if not md_path.is_file():
         raise FileNotFoundError(f"{md_path}: no results to report (run crossval or evaluate first)")
-    body = markdown.markdown(md_path.read_text(), extensions=["tables"])
+    body = markdown.markdown(md_path.read_text(), extensions=["tables", "md_in_html"])
+    uri = lambda p: f"data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"  # noqa: E731
+    shown = set()
+
+    def inline(match: re.Match) -> str:
+        path = folder / match.group(1)
+        if not path.is_file():
+            return match.group(0)
+        shown.add(path.name)
+        return f'src="{uri(path)}"'
+
+    body = re.sub(r'src="([^"/]+\.png)"', inline, body)
     figures = "".join(
-        f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{p.stem}</figcaption></figure>'
+        f'<figure><img alt="{p.stem}" src="{uri(p)}"><figcaption>{p.stem}</figcaption></figure>'
         for p in sorted(folder.glob("*.png"))
+        if p.name not in shown
     )
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>oodseg report</title><style>"

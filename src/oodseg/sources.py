@@ -31,7 +31,7 @@ from oodseg.datasets import (
 )
 from oodseg.engine import BACKGROUND, Collection, Fold, Sample
 from oodseg.manifest import ImageDataset, read_sample
-from oodseg.splits import SplitName, make_split
+from oodseg.splits import HeldOut, SplitName, make_split
 
 PROTOCOLS = ("background", "loco")
 FRAME_BUDGET = 0.02
@@ -47,15 +47,18 @@ def scene_collection(
     annotation: AnnotationMode = "strokes",
     budget: float | None = None,
     margin: int = 1,
+    held_out: HeldOut = "strokes",
     seed: int = 0,
 ) -> Collection:
-    """One labelled image split by region (``scene`` or ``blocks``)."""
+    """One labelled image split by region (``scene`` or ``blocks``; ``held_out``: how the scene
+    split picks its calibration strokes)."""
     s = make_split(
         scene.labels,
         split,
         mode=annotation,
         budget=SCENE_BUDGET[split] if budget is None else budget,
         margin=margin,
+        held_out=held_out,
         seed=seed,
     )
     sample = Sample(
@@ -64,7 +67,12 @@ def scene_collection(
         s.train.labels.astype(np.uint8),
         s.val.labels.astype(np.uint8),
         np.where(s.test, scene.labels, 0).astype(np.uint8),
+        # The fully supervised baseline's labels: every labelled pixel of the training region (on
+        # the scene split the whole scene, test pixels included: the ceiling if everything known
+        # had been annotated; on blocks, the training blocks only).
+        dense=np.where(s.train_region, scene.labels, 0).astype(np.uint8),
         normalise=s.train_region,
+        calibration_truth=scene.labels.astype(np.uint8),
     )
     return Collection(
         scene.name,
@@ -140,6 +148,7 @@ def frames_collection(
             dense if item.split == "test" else empty,
             dense=dense if item.split == "train" else None,
             normalise=np.ones(dense.shape, bool) if item.split == "train" else None,
+            calibration_truth=dense if item.split == "val" else None,
         )
 
     counts = {s: sum(1 for i in items if i.split == s) for s in ("train", "val", "test")}
@@ -200,6 +209,7 @@ def dataset_collection(
     annotation: AnnotationMode = "strokes",
     budget: float | None = None,
     margin: int = 1,
+    held_out: HeldOut = "strokes",
     scale: float = 1.0,
     seed: int = 0,
 ) -> Collection:
@@ -231,7 +241,13 @@ def dataset_collection(
             )
         scene = Scene(name, image, dense.astype(np.int64), data.class_names, _rgb(image))
         return scene_collection(
-            scene, split, annotation=annotation, budget=budget, margin=margin, seed=seed
+            scene,
+            split,
+            annotation=annotation,
+            budget=budget,
+            margin=margin,
+            held_out=held_out,
+            seed=seed,
         )
     splits = assign_splits(data, seed, source)
     items = [

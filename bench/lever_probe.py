@@ -1,0 +1,79 @@
+"""Screen one lever fast: a few folds through the fold engine, mean AUROC per detector.
+
+    .venv/bin/python bench/lever_probe.py [--data ip|es] [--detectors gen,mahalanobis]
+        [--folds Woods,Corn] [--scale 0.25] [--baseline] [TrainConfig fields: --smooth=4 ...]
+
+Indian Pines (scene split): the six folds below by default, a subset of the 16 that covers large
+and small classes, so that a lever costs a few minutes; Endoscapes: the background protocol at
+``--scale``. Levers that pass the screen go to the full grid of ``bench/quality.py``. Any
+``--name=value`` left over is a ``TrainConfig`` field (its type taken from the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from oodseg.datasets import load_dataset
+from oodseg.engine import collect, run_fold
+from oodseg.sources import endoscapes_collection, folds, scene_collection
+from oodseg.training import TrainConfig
+
+ENDOSCAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "endoscapes_seg50"
+IP_FOLDS = "Woods,Corn-notill,Hay-windrowed,Soybean-mintill,Grass-pasture,Corn"
+
+
+def train_config(pairs: list[str]) -> TrainConfig:
+    values = {}
+    for item in pairs:
+        key, _, value = item.lstrip("-").partition("=")
+        if key not in TrainConfig.__dataclass_fields__:
+            raise SystemExit(f"{key}: not a TrainConfig field")
+        default = TrainConfig.__dataclass_fields__[key].default
+        values[key] = value if default is None else type(default)(value)
+    return TrainConfig(device="cpu", **values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", choices=("ip", "es"), default="ip")
+    parser.add_argument("--detectors", default="gen,mahalanobis")
+    parser.add_argument("--folds", default=IP_FOLDS)
+    parser.add_argument("--scale", type=float, default=0.25)
+    parser.add_argument("--rule", default="pu")
+    parser.add_argument("--baseline", action="store_true", help="also the fully supervised net")
+    args, rest = parser.parse_known_args()
+    config = train_config(rest)
+    if args.data == "ip":
+        source = scene_collection(load_dataset("indian_pines"), "scene")
+        protocol, names = "loco", args.folds.split(",")
+    else:
+        source = endoscapes_collection(ENDOSCAPES, scale=args.scale)
+        protocol, names = "background", None
+    collection = collect(source, input_pca=config.input_pca)
+    chosen, _ = folds(collection, [protocol], names)
+    detectors = args.detectors.split(",")
+    start, scores = time.perf_counter(), {d: [] for d in detectors}
+    for fold in chosen:
+        result = run_fold(
+            collection, fold, config, detectors, 0.95, rule=args.rule, baseline=args.baseline
+        )
+        cells = []
+        for row in result.rows:
+            scores[row["detector"]].append(row["auroc"])
+            cells.append(
+                f"{row['detector']}={row['auroc']:.3f} ({row['test_tpr']:.2f}/"
+                f"{row['ood_recall']:.2f}/{row['miou_k_plus_1']:.3f})"
+            )
+        cells.append(f"closed={result.rows[0]['closed_set_accuracy']:.3f}")
+        if result.fully_supervised:
+            scores.setdefault("fully supervised", []).append(result.fully_supervised["auroc"])
+            cells.append(f"FS={result.fully_supervised['auroc']:.3f}")
+        print(f"{fold.name[:14]:15s}", " ".join(cells), flush=True)
+    means = " ".join(f"{d}={sum(v) / len(v):.3f}" for d, v in scores.items())
+    print(f"MEAN {means} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
