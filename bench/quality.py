@@ -51,13 +51,13 @@ GRID: list[tuple[str, str, str, list[str]]] = [
     (
         "ip-paper",
         "ip",
-        "the paper: no smoothing, TPR rule",
+        "the paper: no smoothing, TPR rule (run before smoothing existed)",
         [*QUICK, *PAPER, "--detectors", IP_DETECTORS],
     ),
     (
         "ip-nnpu50",
         "ip",
-        "the paper's scoring + nnPU head (joint), prior 0.5",
+        "the paper's scoring + nnPU head (joint), prior 0.5 (run before smoothing existed)",
         [*QUICK, *PAPER, "--detectors", PU_DETECTORS, "--unlabelled", "nnpu", "--pu-prior", "0.5"],
     ),
 ]
