@@ -82,7 +82,9 @@ class Bundle:
         scorer = Scorer(
             Predictor(self.net, self.normaliser, self.preset, run), {"d": self.detector}
         )
-        margin = tile // 16
+        # The margin also covers the smoothing's reach (scipy truncates the Gaussian at 4 sigma),
+        # so that a strip's scores are those of the whole image.
+        margin = max(tile // 16, int(np.ceil(4 * self.smooth)))
         for y0 in range(0, h, tile):
             a, b = max(0, y0 - margin), min(h, y0 + tile + margin)
             forward = scorer.predictor.forward(image[a:b], source, first_row=a)
