@@ -13,6 +13,7 @@ import spectral.io.envi as envi
 import tifffile
 import torch
 import yaml
+from browser import check_viewer, headless_dom
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -378,6 +379,69 @@ def test_bundle_refuses_other_band_counts_and_newer_versions(bundle_dir, crops, 
         load_bundle(newer)
 
 
+def test_suggest_on_the_whole_scene_never_points_at_strokes_and_its_viewer_works(
+    bundle_dir, indian_pines, tmp_path
+):
+    """The crops' model on the whole 145 x 145 x 200 scene: ranked regions away from the strokes,
+    the same from the CLI as from the API, and the scene's viewer page in a headless browser."""
+    from oodseg.viewer import Layer
+
+    bundle, model = bundle_dir
+    cube = indian_pines.cube.astype(np.float32)
+    labels = np.zeros(cube.shape[:2], np.int64)
+    for k, name in enumerate(CLASSES, start=1):
+        labels[indian_pines.labels == indian_pines.class_id(name)] = k
+    strokes = simulate_annotations(labels, budget=0.02, seed=0).labels.astype(np.uint8)
+    for d in ("images", "masks"):
+        (tmp_path / d).mkdir()
+    np.save(tmp_path / "images" / "scene.npy", cube)
+    Image.fromarray(strokes).save(tmp_path / "masks" / "scene.png")
+    out = tmp_path / "suggested"
+    args = ["suggest", "--model", str(model), "--input", str(tmp_path / "images"), "--out"]
+    result = CliRunner().invoke(
+        app, [*args, str(out), "--masks", str(tmp_path / "masks"), "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    found = json.loads((out / "suggestions.json").read_text())
+    regions, maps = bundle.suggest(cube, annotated=strokes > 0, name="scene")
+    assert found == [json.loads(json.dumps(r.__dict__)) for r in regions] and len(found) == 10
+    assert [r["rank"] for r in found] == list(range(1, 11))
+    assert all(strokes[r["anchor"][0], r["anchor"][1]] == 0 for r in found)
+    assert {r["reason"] for r in found} <= {"class", "threshold"}
+    assert (out / "suggestions.csv").read_text().count("\n") == 11
+    assert {p.name for p in out.iterdir()} == {
+        "suggestions.json", "suggestions.csv", "scene_suggestions.png", "scene_viewer.html"
+    }  # fmt: skip
+    layer = Layer("model", maps.classes, maps.scores, bundle.threshold)
+    check_viewer(out / "scene_viewer.html", layer, (145, 145), 3_500_000)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--top", "0"], "--top and --min-area must be at least 1"),
+        (["--masks", "MISSING"], "folder not found"),
+        (["--masks", "OTHER"], "no mask for"),
+        (["--masks", "SMALL"], "does not match the image"),
+    ],
+)
+def test_suggest_refuses_bad_input_and_writes_nothing(bundle_dir, crops, tmp_path, extra, message):
+    _, model = bundle_dir
+    (tmp_path / "images").mkdir()
+    np.save(tmp_path / "images" / "a.npy", crops[0][0])
+    for name, side in (("OTHER", 48), ("SMALL", 20)):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((side, side), np.uint8)).save(
+            tmp_path / name / ("b.png" if name == "OTHER" else "a.png")
+        )
+    extra = [str(tmp_path / e) if e.isupper() else e for e in extra]
+    out = tmp_path / "out"
+    args = ["suggest", "--model", str(model), "--input", str(tmp_path / "images"), "--out"]
+    result = CliRunner().invoke(app, [*args, str(out), "--device", "cpu", *extra])
+    assert result.exit_code == 2 and message in " ".join(result.output.split())
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
 @pytest.fixture(scope="module")
 def evaluation_set(crops, tmp_path_factory):
     """The three crops with their dense masks; the other classes' pixels are OOD truth."""
@@ -415,8 +479,6 @@ def test_evaluation_matches_scikit_learn_on_the_same_predictions(bundle_dir, cro
 
 
 def test_cli_evaluate_then_html_report_in_a_headless_browser(bundle_dir, evaluation_set, tmp_path):
-    import shutil
-
     _, model = bundle_dir
     out = tmp_path / "eval"
     runner = CliRunner()
@@ -430,9 +492,8 @@ def test_cli_evaluate_then_html_report_in_a_headless_browser(bundle_dir, evaluat
     assert result.exit_code == 0, result.output
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "<table>" in html
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("Chromium is not installed (make test installs it from the Debian packages)")
+    pages = sorted((out / "viewer").glob("*.html"))
+    assert len(pages) == 4 and all(f'href="viewer/{p.name}"' in html for p in pages)
     # Count, inside the browser, the tables and the images that really decoded.
     probe = tmp_path / "probe.html"
     probe.write_text(
@@ -443,21 +504,7 @@ def test_cli_evaluate_then_html_report_in_a_headless_browser(bundle_dir, evaluat
             "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length;}</script></body>",
         )
     )
-    dom = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            probe.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    dom, _ = headless_dom(probe.as_uri())
     assert 'data-tables="1"' in dom and 'data-images="3"' in dom
 
 
@@ -589,6 +636,19 @@ def test_two_endoscapes_frames_train_save_reload_and_predict_bit_identical(share
     again = predict_in_new_process(tmp_path / "model", frame, tmp_path)
     np.testing.assert_array_equal(again[0], labels)
     np.testing.assert_array_equal(again[1], scores)
+    # The frame's viewer page, from oodseg suggest on the frames and their strokes.
+    from oodseg.viewer import Layer
+
+    out = tmp_path / "suggested"
+    args = ["suggest", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "images")]
+    result = CliRunner().invoke(
+        app, [*args, "--out", str(out), "--masks", str(tmp_path / "masks"), "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    maps = bundle.maps(read_image(frame))
+    np.testing.assert_array_equal(maps.labels, labels)
+    layer = Layer("model", maps.classes, maps.scores, bundle.threshold)
+    check_viewer(out / f"{names[0]}_viewer.html", layer, (480, 854), 1_500_000)
 
 
 def test_every_option_that_shapes_prediction_travels_with_the_bundle(dataset, crops, tmp_path):

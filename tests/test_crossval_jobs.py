@@ -3,9 +3,12 @@ gives the same tables as one run of all folds."""
 
 import json
 
+import numpy as np
+from browser import headless_dom
 from typer.testing import CliRunner
 
 from oodseg.cli import app
+from oodseg.viewer import Layer, ood_count
 
 COMMON = [
     "--hold-out",
@@ -46,6 +49,21 @@ def test_fold_jobs_merge_to_the_single_run(tmp_path):
     assert len(list((tmp_path / "merged").glob("panel_*.png"))) == 2
     for png in ("roc_loco.png", "histograms_loco.png"):
         assert (tmp_path / "merged" / png).stat().st_size > 10_000
+    # The report's viewer page of the scene shows both folds' maps, the slider redrawing each.
+    result = runner.invoke(app, ["report", str(tmp_path / "merged")])
+    assert result.exit_code == 0, result.output
+    (page,) = (tmp_path / "merged" / "viewer").glob("*.html")
+    layers = sorted((tmp_path / "merged" / "viewer" / page.stem).glob("0*.npz"))
+    assert (
+        len(layers) == 2
+        and f'href="viewer/{page.name}"' in (tmp_path / "merged" / "report.html").read_text()
+    )
+    with np.load(layers[1]) as f:
+        layer = Layer(
+            "Hay-windrowed", f["classes"], f["scores"], json.loads(str(f["meta"]))["threshold"]
+        )
+    dom, _ = headless_dom(page.as_uri() + "#layer=1&level=90")
+    assert f'data-ood="{ood_count(layer, 90)}"' in dom and "data-errors" not in dom
     # A run of another configuration does not merge.
     result = runner.invoke(
         app, ["crossval", "--out", str(tmp_path / "other"), *COMMON, "--fold", "1", "--tpr", "0.9"]

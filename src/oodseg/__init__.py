@@ -2,15 +2,16 @@
 
 The pipeline, one module per stage: ``datasets`` / ``manifest`` / ``io`` → ``annotate`` / ``splits``
 → ``model`` → ``training`` → ``detectors`` (OOD scoring) → ``threshold`` → ``metrics`` (evaluation)
-→ ``report``; ``engine`` runs one fold on any collection of images, ``sources`` turns data sets into
-collections and folds, ``crossval`` runs the evaluation protocols, ``bundle`` trains,
-saves, loads and predicts with a model on your own data, and ``cli`` exposes all of it.
+→ ``report`` (and ``viewer``, its interactive pages); ``engine`` runs one fold on any collection
+of images, ``sources`` turns data sets into collections and folds, ``crossval`` runs the
+evaluation protocols, ``bundle`` trains, saves, loads and predicts with a model on your own data,
+``suggest`` ranks where the next stroke would help most, and ``cli`` exposes all of it.
 """
 
 __version__ = "0.1.0"
 
-from oodseg.annotate import Annotations, simulate_annotations
-from oodseg.bundle import Bundle, load_bundle, train
+from oodseg.annotate import Annotations, simulate_annotations, stroke_at
+from oodseg.bundle import Bundle, Maps, load_bundle, train
 from oodseg.crossval import CrossvalConfig, crossval, prepare
 from oodseg.datasets import DATASETS, BandNormaliser, FrameSet, Scene, load_dataset, load_endoscapes
 from oodseg.detectors import (
@@ -29,6 +30,7 @@ from oodseg.manifest import ImageDataset, from_folders, load_manifest
 from oodseg.metrics import ood_metrics, segmentation_metrics
 from oodseg.model import PRESETS, Segmenter, build_network
 from oodseg.splits import Split, make_split
+from oodseg.suggest import Region, acquisition, suggest_regions
 from oodseg.threshold import (
     calibrate_threshold,
     mixture_proportion,
@@ -44,6 +46,8 @@ __all__ = [
     "Annotations",
     "BandNormaliser",
     "Bundle",
+    "Maps",
+    "Region",
     "FrameSet",
     "Collection",
     "Fold",
@@ -61,6 +65,7 @@ __all__ = [
     "Split",
     "StreamingDetector",
     "TrainConfig",
+    "acquisition",
     "build_network",
     "calibrate_threshold",
     "crossval",
@@ -81,5 +86,7 @@ __all__ = [
     "register",
     "segmentation_metrics",
     "simulate_annotations",
+    "stroke_at",
+    "suggest_regions",
     "train",
 ]

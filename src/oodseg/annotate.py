@@ -86,26 +86,43 @@ def _strokes(
 ) -> list[np.ndarray]:
     """Random-walk scribbles inside ``inside`` until ``target`` pixels are marked."""
     free = inside.copy()
-    h, w = inside.shape
     paths: list[np.ndarray] = []
     marked = 0
     while marked < target and free.any():
         starts = np.argwhere(free)
-        y, x = (float(v) for v in starts[rng.integers(len(starts))])
+        start = tuple(int(v) for v in starts[rng.integers(len(starts))])
         angle = rng.uniform(0, 2 * math.pi)
         length = min(int(rng.integers(3, max_length + 1)), target - marked)
-        path: list[tuple[int, int]] = []
-        while len(path) < length:
-            iy, ix = round(y), round(x)
-            if not path or (iy, ix) != path[-1]:
-                # A stroke ends where it would leave its class or cross another stroke.
-                if not (0 <= iy < h and 0 <= ix < w) or not free[iy, ix]:
-                    break
-                free[iy, ix] = False
-                path.append((iy, ix))
-            angle += rng.normal(0.0, 0.3)
-            y, x = y + math.sin(angle), x + math.cos(angle)
-        if path:
-            paths.append(np.array(path))
+        path = stroke_at(free, start, length, rng, angle)
+        if len(path):
+            paths.append(path)
             marked += len(path)
     return paths
+
+
+def stroke_at(
+    free: np.ndarray,
+    start: tuple[int, int],
+    length: int,
+    rng: np.random.Generator,
+    angle: float | None = None,
+) -> np.ndarray:
+    """One gently curving scribble of up to ``length`` pixels from ``start`` (row, column), first
+    heading along ``angle`` (default: a random one), that stays where ``free`` is true; its
+    pixels are marked taken in ``free``. Returns the (n, 2) pixels (none if ``start`` is not
+    free): what an annotator draws at a suggested place."""
+    h, w = free.shape
+    y, x = float(start[0]), float(start[1])
+    angle = rng.uniform(0, 2 * math.pi) if angle is None else angle
+    path: list[tuple[int, int]] = []
+    while len(path) < length:
+        iy, ix = round(y), round(x)
+        if not path or (iy, ix) != path[-1]:
+            # A stroke ends where it would leave its class or cross another stroke.
+            if not (0 <= iy < h and 0 <= ix < w) or not free[iy, ix]:
+                break
+            free[iy, ix] = False
+            path.append((iy, ix))
+        angle += rng.normal(0.0, 0.3)
+        y, x = y + math.sin(angle), x + math.cos(angle)
+    return np.array(path, np.int64).reshape(-1, 2)

@@ -26,11 +26,30 @@ from oodseg.io import write_folder
 from oodseg.manifest import ImageDataset, read_all
 from oodseg.model import Segmenter, build_network
 from oodseg.runtime import package_versions
+from oodseg.suggest import Region, class_margin, suggest_regions
 from oodseg.threshold import DEFAULT_RULE, RULES
 from oodseg.training import TrainConfig
 
 FORMAT_VERSION = 1
 OOD_LABEL = 0  # in predicted label maps: 0 = OOD / unknown, 1..K = the classes
+
+
+@dataclass
+class Maps:
+    """One image's per-pixel outputs: arg-max class (1..K), ID-ness score and, where asked, the
+    softmax margin between the two likeliest classes."""
+
+    classes: np.ndarray
+    scores: np.ndarray
+    threshold: float
+    margin: np.ndarray | None = None
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The K+1 map: the class where the score passes the threshold, 0 (OOD) elsewhere."""
+        return np.where(self.scores >= self.threshold, self.classes, OOD_LABEL).astype(
+            self.classes.dtype
+        )
 
 
 @dataclass
@@ -66,36 +85,87 @@ class Bundle:
         source: str = "image",
     ) -> tuple[np.ndarray, np.ndarray]:
         """K+1 labels (H, W) (0 = OOD, 1..K the classes) and ID-ness scores (H, W) float32 of an
-        (H, W, bands) image. The image is read in strips of ``tile`` rows (plus a margin of
-        ``tile // 16`` on each side, dropped afterwards), so a memory-mapped cube larger than
-        memory works; each strip goes through MONAI's sliding window in windows as tall as the
-        strip and at most ``tile`` wide (overlapping by a quarter only where the strip is wider).
-        ``precision="bf16-mixed"`` and ``channels_last`` are for GPUs."""
+        (H, W, bands) image, from :meth:`maps`."""
+        maps = self.maps(
+            image,
+            device=device,
+            tile=tile,
+            precision=precision,
+            channels_last=channels_last,
+            source=source,
+        )
+        return maps.labels, maps.scores
+
+    def maps(
+        self,
+        image: np.ndarray,
+        *,
+        device: str = "cpu",
+        tile: int = 1024,
+        precision: str = "32",
+        channels_last: bool = False,
+        source: str = "image",
+        margin: bool = False,
+    ) -> Maps:
+        """Each pixel's arg-max class and ID-ness score (the K+1 map before the threshold) and,
+        with ``margin``, the softmax margin between its two likeliest classes (what
+        :meth:`suggest` and the viewer need). The image is read in strips of ``tile`` rows (plus
+        a margin of ``tile // 16`` on each side, dropped afterwards), so a memory-mapped cube
+        larger than memory works; each strip goes through MONAI's sliding window in windows as
+        tall as the strip and at most ``tile`` wide (overlapping by a quarter only where the
+        strip is wider). ``precision="bf16-mixed"`` and ``channels_last`` are for GPUs."""
         run = Inference(device, tile, precision, channels_last, self.tta, self.smooth)
         if image.ndim != 3 or image.shape[-1] != self.bands:
             raise ValueError(
                 f"{source}: expected (H, W, {self.bands}) for this model, got shape {image.shape}"
             )
         h, w, _ = image.shape
-        labels = np.zeros((h, w), np.uint8 if len(self.class_names) < 256 else np.uint16)
+        classes = np.zeros((h, w), np.uint8 if len(self.class_names) < 256 else np.uint16)
         scores = np.zeros((h, w), np.float32)
+        margins = np.zeros((h, w), np.float32) if margin else None
         scorer = Scorer(
             Predictor(self.net, self.normaliser, self.preset, run), {"d": self.detector}
         )
         # The margin also covers the smoothing's reach (scipy truncates the Gaussian at 4 sigma),
         # so that a strip's scores are those of the whole image.
-        margin = max(tile // 16, int(np.ceil(4 * self.smooth)))
+        pad = max(tile // 16, int(np.ceil(4 * self.smooth)))
         for y0 in range(0, h, tile):
-            a, b = max(0, y0 - margin), min(h, y0 + tile + margin)
+            a, b = max(0, y0 - pad), min(h, y0 + tile + pad)
             forward = scorer.predictor.forward(image[a:b], source, first_row=a)
-            score = scorer.score_maps(forward)["d"]
             keep = slice(y0 - a, y0 - a + min(tile, h - y0))
-            pred = np.where(
-                score >= self.threshold, forward.logits.argmax(0).numpy() + 1, OOD_LABEL
-            )
-            labels[y0 : y0 + tile] = pred[keep]
-            scores[y0 : y0 + tile] = score[keep]
-        return labels, scores
+            scores[y0 : y0 + tile] = scorer.score_maps(forward)["d"][keep]
+            classes[y0 : y0 + tile] = forward.logits[:, keep].argmax(0).numpy() + 1
+            if margins is not None:
+                margins[y0 : y0 + tile] = class_margin(forward.logits[:, keep].softmax(0).numpy())
+        return Maps(classes, scores, self.threshold, margins)
+
+    def suggest(
+        self,
+        image: np.ndarray,
+        *,
+        annotated: np.ndarray | None = None,
+        name: str = "image",
+        top: int = 10,
+        min_area: int = 9,
+        gap: int = 2,
+        device: str = "cpu",
+    ) -> tuple[list[Region], Maps]:
+        """The ``top`` regions of ``image`` most worth a new stroke (:mod:`oodseg.suggest`), away
+        from the ``annotated`` pixels (H, W, true where annotated), and the maps they came from."""
+        maps = self.maps(image, device=device, source=name, margin=True)
+        regions = suggest_regions(
+            name,
+            maps.classes,
+            maps.margin,
+            maps.scores,
+            self.threshold,
+            self.class_names,
+            annotated=annotated,
+            top=top,
+            min_area=min_area,
+            gap=gap,
+        )
+        return regions, maps
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the bundle folder atomically: a sibling temporary folder renamed into place."""

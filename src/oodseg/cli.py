@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 
@@ -108,6 +110,9 @@ NanPolicy = Annotated[
     str, typer.Option(help="NaN / Inf in an image: error, or zero (set them to 0).")
 ]
 Data = Annotated[Path | None, typer.Option(help="YAML manifest of the data set.")]
+ModelDir = Annotated[Path, typer.Option(help="Model bundle folder (from oodseg train).")]
+InputImages = Annotated[Path, typer.Option(help="An image file, or a folder of images.")]
+Variable = Annotated[str | None, typer.Option(help="Array name inside .mat / .npz / HDF5 files.")]
 Images = Annotated[Path | None, typer.Option(help="Folder of images.")]
 Masks = Annotated[Path | None, typer.Option(help="Folder of masks, matched to images by stem.")]
 Classes = Annotated[
@@ -477,12 +482,10 @@ def train_command(
 
 @app.command("predict")
 def predict_command(
-    model: Annotated[Path, typer.Option(help="Model bundle folder (from oodseg train).")],
-    input: Annotated[Path, typer.Option(help="An image file, or a folder of images.")],
+    model: ModelDir,
+    input: InputImages,
     out: Annotated[Path, typer.Option(help="Folder for the label maps, scores and overlays.")],
-    variable: Annotated[
-        str | None, typer.Option(help="Array name inside .mat / .npz / HDF5 files.")
-    ] = None,
+    variable: Variable = None,
     score_format: Annotated[str, typer.Option(help="Score maps as tif or npy.")] = "tif",
     device: Device = "auto",
     precision: Precision = "32",
@@ -514,9 +517,80 @@ def predict_command(
     console.print(f"{len(files)} prediction(s) written to {out}/")
 
 
+@app.command("suggest")
+def suggest_command(
+    model: ModelDir,
+    input: InputImages,
+    out: Annotated[Path, typer.Option(help="Folder for the ranked regions, overlays and pages.")],
+    masks: Annotated[
+        Path | None,
+        typer.Option(help="Folder of the images' sparse masks (matched by stem): never suggested."),
+    ] = None,
+    top: Annotated[int, typer.Option(help="Regions kept per image.")] = 10,
+    min_area: Annotated[int, typer.Option(help="Smallest region, in pixels.")] = 9,
+    variable: Variable = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+) -> None:
+    """Rank, per image, the regions where a new stroke would help most (uncertain between known
+    classes, or near the threshold): suggestions.json / .csv, an overlay with the regions
+    numbered, and an interactive viewer page per image."""
+    from rich.progress import track
+
+    from oodseg.io import read_mask
+    from oodseg.report import write_suggestions
+    from oodseg.suggest import regions_csv, regions_json
+
+    try:
+        if top < 1 or min_area < 1:
+            raise ValueError(f"--top and --min-area must be at least 1, got {top} and {min_area}")
+        _new_folder(out, overwrite)
+        bundle = load_bundle(model)
+        files = [input] if input.is_file() else image_files(input)
+        stem = lambda p: p.name[: -len(p.suffix)] if p.suffix else p.name  # noqa: E731
+        mask_of = {}
+        if masks is not None:
+            mask_of = {stem(m): m for m in image_files(masks)}
+            missing = [f.name for f in files if stem(f) not in mask_of]
+            if missing:
+                raise FileNotFoundError(f"{masks}: no mask for {', '.join(missing[:5])}")
+        found = []
+
+        def write(tmp: Path) -> None:
+            for path in track(files, description="suggesting", console=console):
+                image = read_image(path, variable)
+                annotated = None
+                if masks is not None:
+                    annotated = read_mask(mask_of[stem(path)])
+                    if annotated.shape != image.shape[:2]:
+                        raise ValueError(
+                            f"{mask_of[stem(path)]}: mask {annotated.shape} does not match the "
+                            f"image {path} {image.shape[:2]}"
+                        )
+                regions, maps = bundle.suggest(
+                    image,
+                    annotated=None if annotated is None else annotated > 0,
+                    name=stem(path),
+                    top=top,
+                    min_area=min_area,
+                    device=device,
+                )
+                mask = None if annotated is None else np.clip(annotated, 0, 255).astype(np.uint8)
+                write_suggestions(tmp, path, image, regions, maps, bundle, mask)
+                found.extend(regions)
+            (tmp / "suggestions.json").write_text(json.dumps(regions_json(found), indent=1))
+            (tmp / "suggestions.csv").write_text(regions_csv(found))
+
+        write_folder(out, write)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"{len(found)} regions over {len(files)} image(s) written to {out}/")
+
+
 @app.command("evaluate")
 def evaluate_command(
-    model: Annotated[Path, typer.Option(help="Model bundle folder (from oodseg train).")],
+    model: ModelDir,
     out: Annotated[Path, typer.Option(help="Folder for results and figures.")],
     data: Annotated[
         Path, typer.Option(help="YAML manifest of labelled images (its 'ood' values: OOD truth).")

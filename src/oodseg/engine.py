@@ -34,6 +34,7 @@ from oodseg.inference import Forward, Inference, Predictor, Scorer
 from oodseg.metrics import ScoreTally, confusion_matrix, segmentation_from_confusion
 from oodseg.model import Segmenter, build_network
 from oodseg.results import OPERATING_METRICS
+from oodseg.suggest import class_margin
 from oodseg.threshold import DEFAULT_RULE, RULES, OperatingPoints, operating_points
 from oodseg.training import IGNORE, TrainConfig, fit
 
@@ -406,12 +407,15 @@ def fit_scorer(
 @dataclass
 class Panel:
     """One test image's maps for the report: the K+1 prediction in the data set's ids (0 = OOD)
-    and the score map of the first detector, with its threshold."""
+    and the score map of the first detector, with its threshold; for the viewer, the arg-max
+    class (data set ids) and the softmax margin between the two likeliest classes."""
 
     sample: int
     prediction: np.ndarray
     score_map: np.ndarray
     threshold: float
+    classes: np.ndarray
+    margin: np.ndarray
 
 
 @dataclass
@@ -473,7 +477,16 @@ def test_pass(
             tallies[name].add(v[~is_ood], v[is_ood], t, pred[scored], v, argmax[scored])
             if name == first and i in panel_ids:
                 ids_of = np.r_[np.asarray(fold.known), 0]  # K+1 index -> data set id, OOD -> 0
-                panels.append(Panel(i, ids_of[pred], smap.astype(np.float32), thresholds[name]))
+                panels.append(
+                    Panel(
+                        i,
+                        ids_of[pred],
+                        smap.astype(np.float32),
+                        thresholds[name],
+                        ids_of[argmax],
+                        class_margin(forward.logits.softmax(0).numpy()),
+                    )
+                )
         if progress:
             progress.advance(task)
     if progress:

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from rich.progress import track
 
-from oodseg.bundle import OOD_LABEL, Bundle
+from oodseg.bundle import OOD_LABEL, Bundle, Maps
 from oodseg.engine import BACKGROUND
 from oodseg.manifest import ImageDataset, read_sample
 from oodseg.metrics import ScoreTally, ood_metrics, segmentation_from_confusion
 from oodseg.report import PanelView, rgb_view
+from oodseg.suggest import suggest_regions
+from oodseg.viewer import Layer, Picture
 
 PANELS = 4
 
@@ -29,6 +31,7 @@ class Evaluation:
     results: dict
     figures: dict[str, np.ndarray]  # threshold, fpr, tpr, id_scores, ood_scores
     panels: list[PanelView]
+    viewers: list[tuple[str, Picture, Layer]]  # the panel images, for their viewer pages
 
 
 def evaluate(bundle: Bundle, data: ImageDataset, *, device: str = "cpu") -> Evaluation:
@@ -42,10 +45,12 @@ def evaluate(bundle: Bundle, data: ImageDataset, *, device: str = "cpu") -> Eval
         )
     k = len(bundle.class_names)
     tally = ScoreTally(k, seed=0)  # streamed: one image in memory at a time
-    per_image, panels = [], []
+    per_image, panels, viewers = [], [], []
     for item in track(items, description="evaluating", transient=True):
         sample = read_sample(data, item, bundle.bands)
-        labels, scores = bundle.predict(sample.image, device=device, source=str(item.image))
+        drawn = len(panels) < PANELS
+        maps = bundle.maps(sample.image, device=device, source=str(item.image), margin=drawn)
+        labels, scores = maps.labels, maps.scores
         is_id = (sample.mask >= 1) & (sample.mask <= k)
         is_ood = sample.mask == k + 1
         scored = is_id | is_ood
@@ -57,8 +62,9 @@ def evaluate(bundle: Bundle, data: ImageDataset, *, device: str = "cpu") -> Eval
         if is_id.any() and is_ood.any():
             row |= ood_metrics(scores[is_id], scores[is_ood])
         per_image.append(row)
-        if len(panels) < PANELS:
+        if drawn:
             panels.append(_panel(item.name, sample.image, sample.mask, labels, scores, bundle, k))
+            viewers.append(_viewer(item.name, sample.image, maps, bundle, panels[-1]))
     cm = tally.confusion
     n_id, n_ood = int(cm[:-1].sum()), int(cm[-1].sum())
     if not n_id:
@@ -97,7 +103,7 @@ def evaluate(bundle: Bundle, data: ImageDataset, *, device: str = "cpu") -> Eval
         "id_scores": tally.sample[0],
         "ood_scores": tally.sample[1],
     }
-    return Evaluation(results, figures, panels)
+    return Evaluation(results, figures, panels, viewers)
 
 
 def _panel(name, image, mask, labels, scores, bundle: Bundle, k: int) -> PanelView:
@@ -114,3 +120,14 @@ def _panel(name, image, mask, labels, scores, bundle: Bundle, k: int) -> PanelVi
         bundle.threshold,
         ood if ood.any() else None,
     )
+
+
+def _viewer(
+    name: str, image: np.ndarray, maps: Maps, bundle: Bundle, panel: PanelView
+) -> tuple[str, Picture, Layer]:
+    """An evaluated image's picture and the model's maps and suggested regions, for its page."""
+    regions = suggest_regions(
+        name, maps.classes, maps.margin, maps.scores, bundle.threshold, bundle.class_names
+    )
+    picture = Picture.of(image, (panel.rgb * 255).round())
+    return name, picture, Layer("model", maps.classes, maps.scores, bundle.threshold, None, regions)

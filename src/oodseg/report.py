@@ -26,8 +26,9 @@ from oodseg.io import atomic_path  # noqa: E402
 from oodseg.results import BASELINE_METRICS, METRICS, OPERATING, assemble  # noqa: E402
 
 if TYPE_CHECKING:  # annotations only: evaluate draws with this module's helpers
-    from oodseg.bundle import Bundle
+    from oodseg.bundle import Bundle, Maps
     from oodseg.evaluate import Evaluation
+    from oodseg.suggest import Region
 
 LABELS = {
     "auroc": "AUROC",
@@ -115,6 +116,8 @@ def write_fold(
         det = result.rows[0]["detector"]
         title = f"{collection.name}, {fold.protocol}: OOD = {fold.name}"
         plot_panels(views, collection.class_names, det, title, out / f"panel_{stem}.png")
+        for panel, view in zip(result.panels, views, strict=True):
+            _keep_for_viewer(out, collection, fold, panel, view, stem)
     with atomic_path(folds / f"{stem}.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1))
 
@@ -132,6 +135,38 @@ def _panel_view(collection: Collection, fold, panel) -> PanelView:
         panel.threshold,
         ood if ood.any() else None,
     )
+
+
+def _keep_for_viewer(
+    out: Path, collection: Collection, fold, panel, view: PanelView, stem: str
+) -> None:
+    """A panel image's picture and this fold's maps and suggested regions, for its viewer page."""
+    from oodseg.suggest import suggest_regions
+    from oodseg.viewer import Layer, Picture, save_layer, save_picture
+
+    s = collection.load(panel.sample)
+    strokes = np.where(np.isin(view.annotated, fold.known), view.annotated, 0).astype(np.uint8)
+    picture = Picture.of(s.image, (view.rgb * 255).round(), collection.rgb_bands)
+    save_picture(out, s.name, picture, collection.class_names)
+    regions = suggest_regions(
+        s.name,
+        panel.classes,
+        panel.margin,
+        panel.score_map,
+        panel.threshold,
+        collection.class_names,
+        annotated=strokes > 0,
+    )
+    layer = Layer(
+        f"{fold.protocol}: OOD = {fold.name}",
+        panel.classes.astype(np.uint8),
+        panel.score_map,
+        panel.threshold,
+        tuple(fold.known),
+        regions,
+        strokes,
+    )
+    save_layer(out, s.name, stem, layer)
 
 
 def load_fold_files(folder: Path) -> list[dict]:
@@ -196,6 +231,10 @@ def write_merged(out: Path, runs: Sequence[Path]) -> dict:
             shutil.copy(f, out / "folds" / f.name)
         for f in run.glob(f"panel_{record['order']:02d}-*.png"):
             shutil.copy(f, out / f.name)
+        for f in run.glob(f"viewer/*/{record['order']:02d}-*.npz"):
+            (out / "viewer" / f.parent.name).mkdir(parents=True, exist_ok=True)
+            for kept in (f, f.parent / "picture.npz"):
+                shutil.copy(kept, out / "viewer" / f.parent.name / kept.name)
     skipped = [
         {"protocol": p, **s}
         for h in headers
@@ -628,6 +667,51 @@ def write_prediction(
     return paths
 
 
+def write_suggestions(
+    out: Path,
+    source: Path,
+    image: np.ndarray,
+    regions: Sequence[Region],
+    maps: Maps,
+    bundle: Bundle,
+    annotated: np.ndarray | None = None,
+) -> list[Path]:
+    """Per image: the overlay PNG with the suggested regions boxed and numbered by rank (magenta:
+    between known classes, cyan: near the threshold) and the interactive viewer page."""
+    from PIL import Image, ImageDraw
+
+    from oodseg.viewer import Layer, Picture, page, write_page
+
+    stem = source.name[: -len(source.suffix)] if source.suffix else source.name
+    picture = Image.fromarray(overlay(image, maps.labels, len(bundle.class_names)))
+    draw = ImageDraw.Draw(picture)
+    width = max(1, max(picture.size) // 300)
+    for r in regions:
+        y0, x0, y1, x1 = r.bbox
+        colour = (255, 0, 255) if r.reason == "class" else (0, 229, 255)
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=width)
+        draw.text((r.anchor[1], r.anchor[0]), str(r.rank), fill=(255, 255, 255))
+    overlay_path = out / f"{stem}_suggestions.png"
+    with atomic_path(overlay_path) as tmp:
+        picture.save(tmp, format="PNG")
+    layer = Layer(
+        "model",
+        maps.classes,
+        maps.scores,
+        bundle.threshold,
+        regions=list(regions),
+        annotated=annotated,
+    )
+    html = page(
+        stem,
+        Picture.of(image, (rgb_view(image, None) * 255).round()),
+        bundle.class_names,
+        [layer],
+        title=f"{stem}: {bundle.detector.name}, {len(regions)} suggested regions",
+    )
+    return [overlay_path, write_page(out / f"{stem}_viewer.html", html)]
+
+
 def overlay_rgb(image: np.ndarray, bands: tuple[int, int, int] | None = None) -> np.ndarray:
     """An RGB uint8 view of an (H, W, C) image: ``bands``, else itself if RGB, else three spread
     bands (or its one band), each stretched between its 2nd and 98th percentile."""
@@ -682,6 +766,11 @@ def write_evaluation(out: Path, evaluation: Evaluation) -> None:
     if evaluation.panels:
         title = f"evaluation, {det}"
         plot_panels(evaluation.panels, tuple(res["classes"]), det, title, out / "images.png")
+    from oodseg.viewer import save_layer, save_picture
+
+    for name, picture, layer in evaluation.viewers:
+        save_picture(out, name, picture, tuple(res["classes"]))
+        save_layer(out, name, "model", layer)
 
 
 def evaluation_markdown(res: dict) -> str:
@@ -709,7 +798,8 @@ _EVAL_LABELS = {**LABELS, "id_kept": "ID kept (TPR)"}
 def write_html(folder: Path) -> Path:
     """``report.html`` in ``folder``: its results.md as HTML with every PNG figure embedded, one
     self-contained file that reads offline. Figures the page refers to stay where it shows them
-    (it leads with them); the others follow the tables."""
+    (it leads with them); the others follow the tables. The images a run kept for the viewer get
+    their interactive pages (``viewer/<image>.html``, each self-contained), linked at the top."""
     import base64
     import re
 
@@ -730,6 +820,15 @@ def write_html(folder: Path) -> Path:
         return f'src="{uri(path)}"'
 
     body = re.sub(r'src="([^"/]+\.png)"', inline, body)
+    from oodseg.viewer import write_pages
+
+    pages = write_pages(folder)
+    if pages:
+        links = "".join(f'<li><a href="viewer/{p.name}">{p.stem}</a></li>' for p in pages)
+        body = (
+            "<p><b>Interactive viewer</b> (threshold slider, class toggles, suggested regions, "
+            f"the pixel under the cursor), one page per image:</p><ul>{links}</ul>" + body
+        )
     figures = "".join(
         f'<figure><img alt="{p.stem}" src="{uri(p)}"><figcaption>{p.stem}</figcaption></figure>'
         for p in sorted(folder.glob("*.png"))
