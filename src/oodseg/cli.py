@@ -547,11 +547,10 @@ def suggest_command(
         _new_folder(out, overwrite)
         bundle = load_bundle(model)
         files = [input] if input.is_file() else image_files(input)
-        stem = lambda p: p.name[: -len(p.suffix)] if p.suffix else p.name  # noqa: E731
         mask_of = {}
         if masks is not None:
-            mask_of = {stem(m): m for m in image_files(masks)}
-            missing = [f.name for f in files if stem(f) not in mask_of]
+            mask_of = {m.stem: m for m in image_files(masks)}
+            missing = [f.name for f in files if f.stem not in mask_of]
             if missing:
                 raise FileNotFoundError(f"{masks}: no mask for {', '.join(missing[:5])}")
         found = []
@@ -561,16 +560,16 @@ def suggest_command(
                 image = read_image(path, variable)
                 annotated = None
                 if masks is not None:
-                    annotated = read_mask(mask_of[stem(path)])
+                    annotated = read_mask(mask_of[path.stem])
                     if annotated.shape != image.shape[:2]:
                         raise ValueError(
-                            f"{mask_of[stem(path)]}: mask {annotated.shape} does not match the "
+                            f"{mask_of[path.stem]}: mask {annotated.shape} does not match the "
                             f"image {path} {image.shape[:2]}"
                         )
                 regions, maps = bundle.suggest(
                     image,
                     annotated=None if annotated is None else annotated > 0,
-                    name=stem(path),
+                    name=path.stem,
                     top=top,
                     min_area=min_area,
                     device=device,

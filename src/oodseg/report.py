@@ -682,7 +682,7 @@ def write_suggestions(
 
     from oodseg.viewer import Layer, Picture, page, write_page
 
-    stem = source.name[: -len(source.suffix)] if source.suffix else source.name
+    stem = source.stem
     picture = Image.fromarray(overlay(image, maps.labels, len(bundle.class_names)))
     draw = ImageDraw.Draw(picture)
     width = max(1, max(picture.size) // 300)
