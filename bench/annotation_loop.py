@@ -230,8 +230,7 @@ def add_strokes(
     return strokes
 
 
-def scored(world: World, fold: Fold, fitted: FittedScorer, test: list[np.ndarray]) -> dict:
-    collection = world.collection([np.zeros_like(t, np.uint8) for t in world.truth], test)
+def scored(collection: Collection, fold: Fold, fitted: FittedScorer) -> dict:
     tallies, closed, _ = test_pass(
         collection,
         fold,
@@ -269,11 +268,12 @@ def run_world(world: World, rounds: int, config: TrainConfig) -> dict:
             t & ~ndimage.binary_dilation(d, iterations=1) if world.key == "ip" else t
             for t, d in zip(world.test, drawn, strict=True)
         ]
+        scoring = world.collection([np.zeros_like(t, np.uint8) for t in world.truth], test)
         for arm in ARMS:
             curve = []
             for strokes, fitted in kept[arm]:
                 pixels = sum(int((s > 0).sum()) for s in strokes)
-                curve.append({"pixels": pixels, **scored(world, fold, fitted, test)})
+                curve.append({"pixels": pixels, **scored(scoring, fold, fitted)})
             curves[arm].append({"fold": fold.name, "seed": config.seed, "curve": curve})
     return {"seconds": round(time.perf_counter() - start), "curves": curves}
 

@@ -624,7 +624,7 @@ def report_command(
 
     try:
         path = write_html(folder)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
     console.print(f"report written to {path}")

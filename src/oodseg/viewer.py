@@ -213,46 +213,58 @@ def save_layer(out: Path, name: str, key: str, layer: Layer) -> None:
         np.savez_compressed(tmp, **arrays)
 
 
+def _read_kept(folder: Path) -> tuple[Picture, dict, list[Layer]]:
+    """The picture, its description and the models' layers kept in one image's folder."""
+    with np.load(folder / "picture.npz", allow_pickle=False) as f:
+        meta = json.loads(str(f["meta"]))
+        picture = Picture(
+            f["rgb"],
+            f["cube"] if "cube" in f else None,
+            meta["lo"],
+            meta["hi"],
+            tuple(meta["bands"]),
+        )
+    layers = []
+    for path in sorted(folder.glob("*.npz")):
+        if path.name == "picture.npz":
+            continue
+        with np.load(path, allow_pickle=False) as f:
+            m = json.loads(str(f["meta"]))
+            layers.append(
+                Layer(
+                    m["label"],
+                    f["classes"],
+                    f["scores"],
+                    m["threshold"],
+                    None if m["known"] is None else tuple(m["known"]),
+                    [
+                        Region(
+                            **{
+                                **r,
+                                "centroid": tuple(r["centroid"]),
+                                "anchor": tuple(r["anchor"]),
+                                "bbox": tuple(r["bbox"]),
+                            }
+                        )
+                        for r in m["regions"]
+                    ],
+                    f["annotated"] if "annotated" in f else None,
+                )
+            )
+    return picture, meta, layers
+
+
 def write_pages(out: Path) -> list[Path]:
     """``viewer/<image>.html`` for every image whose picture and maps a run kept."""
     pages = []
     for folder in sorted(p for p in (out / "viewer").glob("*") if p.is_dir()):
-        with np.load(folder / "picture.npz", allow_pickle=False) as f:
-            meta = json.loads(str(f["meta"]))
-            picture = Picture(
-                f["rgb"],
-                f["cube"] if "cube" in f else None,
-                meta["lo"],
-                meta["hi"],
-                tuple(meta["bands"]),
-            )
-        layers = []
-        for path in sorted(folder.glob("*.npz")):
-            if path.name == "picture.npz":
-                continue
-            with np.load(path, allow_pickle=False) as f:
-                m = json.loads(str(f["meta"]))
-                layers.append(
-                    Layer(
-                        m["label"],
-                        f["classes"],
-                        f["scores"],
-                        m["threshold"],
-                        None if m["known"] is None else tuple(m["known"]),
-                        [
-                            Region(
-                                **{
-                                    **r,
-                                    "centroid": tuple(r["centroid"]),
-                                    "anchor": tuple(r["anchor"]),
-                                    "bbox": tuple(r["bbox"]),
-                                }
-                            )
-                            for r in m["regions"]
-                        ],  # fmt: skip
-                        f["annotated"] if "annotated" in f else None,
-                    )
-                )
+        try:
+            picture, meta, layers = _read_kept(folder)
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(
+                f"{folder}: unreadable viewer data ({e}); delete this folder or rerun the "
+                "crossval / evaluate that wrote it"
+            ) from None
         if layers:
             html = page(meta["name"], picture, tuple(meta["classes"]), layers)
             pages.append(write_page(out / "viewer" / f"{folder.name}.html", html))
