@@ -31,7 +31,9 @@ def train_config(pairs: list[str]) -> TrainConfig:
         if key not in TrainConfig.__dataclass_fields__:
             raise SystemExit(f"{key}: not a TrainConfig field")
         default = TrainConfig.__dataclass_fields__[key].default
-        values[key] = value if default is None else type(default)(value)
+        values[key] = (
+            (int(value) if value.isdigit() else value) if default is None else type(default)(value)
+        )
     return TrainConfig(device="cpu", **values)
 
 

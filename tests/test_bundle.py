@@ -24,6 +24,7 @@ from oodseg.detectors import DETECTORS, InputDetector, PixelOutputs, make_detect
 from oodseg.inference import Predictor
 from oodseg.io import read_image, read_mask
 from oodseg.manifest import from_folders, load_manifest, read_all
+from oodseg.model import Ensemble
 from oodseg.training import TrainConfig
 
 CLASSES = ("Corn-notill", "Soybean-mintill", "Woods")
@@ -331,6 +332,7 @@ def test_bad_data_is_refused_with_the_file_named_and_nothing_written(crops, tmp_
         (["--tpr", "1.5"], "strictly between 0 and 1"),
         (["--detector", "odinn"], "unknown detector 'odinn'"),
         (["--epochs", "0"], "epochs must be at least 1"),
+        (["--ensemble", "0"], "ensemble must be at least 1"),
         (["--precision", "16"], "unknown precision '16'"),
         (["--patch", "30"], "patch side must be a multiple of 16"),
         (["--threshold", "otsu"], "unknown threshold rule 'otsu'"),
@@ -653,8 +655,8 @@ def test_two_endoscapes_frames_train_save_reload_and_predict_bit_identical(share
 
 def test_every_option_that_shapes_prediction_travels_with_the_bundle(dataset, crops, tmp_path):
     """A known-vs-unknown head (nnPU), the PU threshold rule, flip TTA, score smoothing, a
-    spectral PCA input and a spectral stem: saved, reloaded and predicting the same maps, from the
-    bundle alone."""
+    spectral PCA input, a spectral stem and an ensemble of two networks: saved, reloaded and
+    predicting the same maps, from the bundle alone."""
     config = TrainConfig(
         epochs=2,
         patches_per_epoch=8,
@@ -665,14 +667,16 @@ def test_every_option_that_shapes_prediction_travels_with_the_bundle(dataset, cr
         smooth=1.5,
         input_pca=16,
         stem=8,
+        ensemble=2,
     )
     bundle = train(load_manifest(dataset), detector="pu", threshold="pu", config=config)
+    assert isinstance(bundle.net, Ensemble) and len(bundle.net.members) == 2
     assert bundle.net.known_head is not None and bundle.normaliser.channels == 16
     assert bundle.threshold_rule == "pu" and 0 < bundle.id_share < 1
     out = bundle.save(tmp_path / "model")
     again = load_bundle(out)
     assert (again.tta, again.smooth, again.threshold_rule) == ("flip", 1.5, "pu")
-    assert again.net.stem.out_channels == 8
+    assert again.net.stem.out_channels == 8 and len(again.net.members) == 2
     np.testing.assert_array_equal(again.normaliser.projection, bundle.normaliser.projection)
     cube = crops[1][0]
     labels, scores = bundle.predict(cube)

@@ -5,7 +5,7 @@ from safetensors.torch import save_file
 
 from oodseg.datasets import BandNormaliser
 from oodseg.inference import Inference, Predictor
-from oodseg.model import build_network, load_matching_weights
+from oodseg.model import Ensemble, build_network, load_matching_weights
 from oodseg.training import IGNORE, PatchDataset, TrainConfig, fit
 
 
@@ -49,6 +49,33 @@ def test_hypercolumn_features_concatenate_every_decoder_stage_under_a_linear_hea
     )
     with pytest.raises(ValueError, match="unknown feature choice 'bottleneck'"):
         build_network("small", 5, 3, features="bottleneck")
+
+
+def test_ensemble_scores_the_members_mean_logits_under_one_linear_head():
+    members = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        members.append(build_network("small", 6, 3, known_head=True).eval())
+    net = Ensemble(members).eval()
+    x = torch.randn(1, 6, 32, 40)
+    with torch.no_grad():
+        outs = [m(x) for m in members]
+        logits, features = net(x)
+        known = net.known_head(features)
+    torch.testing.assert_close(logits, torch.stack([o[0] for o in outs]).mean(0))
+    torch.testing.assert_close(features, torch.cat([o[1] for o in outs], 1))
+    assert net.feature_channels == 3 * members[0].feature_channels == features.shape[1]
+    torch.testing.assert_close(
+        known, torch.stack([m.known_head(o[1]) for m, o in zip(members, outs, strict=True)]).mean(0)
+    )
+    # Still logits = W · features + b, the linear head feature detectors such as ViM need.
+    manual = torch.einsum("kf,bfhw->bkhw", net.head.weight[:, :, 0, 0].double(), features.double())
+    manual = manual + net.head.bias.double()[None, :, None, None]
+    torch.testing.assert_close(logits.double(), manual, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="at least 2 networks"):
+        Ensemble(members[:1])
+    with pytest.raises(ValueError, match="ensemble must be at least 1"):
+        TrainConfig(ensemble=0)
 
 
 def test_reference_network_loads_only_matching_local_weights(tmp_path):

@@ -28,7 +28,7 @@ from oodseg.engine import Collection, Fold, Sample
 from oodseg.inference import Predictor, Scorer
 from oodseg.manifest import ImageDataset, from_folders, load_manifest
 from oodseg.metrics import ood_metrics, segmentation_metrics
-from oodseg.model import PRESETS, Segmenter, build_network
+from oodseg.model import PRESETS, Ensemble, Segmenter, build_network
 from oodseg.splits import Split, make_split
 from oodseg.suggest import Region, acquisition, suggest_regions
 from oodseg.threshold import (
@@ -61,6 +61,7 @@ __all__ = [
     "LogitDetector",
     "PixelOutputs",
     "Scene",
+    "Ensemble",
     "Segmenter",
     "Split",
     "StreamingDetector",

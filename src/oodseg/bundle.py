@@ -24,7 +24,7 @@ from oodseg.engine import Collection, Sample, collect, fit_scorer, train_network
 from oodseg.inference import Inference, Predictor, Scorer
 from oodseg.io import write_folder
 from oodseg.manifest import ImageDataset, read_all
-from oodseg.model import Segmenter, build_network
+from oodseg.model import Ensemble, Segmenter, build_network
 from oodseg.runtime import package_versions
 from oodseg.suggest import Region, class_margin, suggest_regions
 from oodseg.threshold import DEFAULT_RULE, RULES
@@ -56,7 +56,7 @@ class Maps:
 class Bundle:
     """A trained network, its fitted detector and threshold, and what prediction needs."""
 
-    net: Segmenter
+    net: Segmenter | Ensemble
     detector: Detector
     class_names: tuple[str, ...]
     normaliser: BandNormaliser
@@ -198,6 +198,7 @@ class Bundle:
             "features": self.features,
             "known_head": self.net.known_head is not None,
             "stem": 0 if self.net.stem is None else self.net.stem.out_channels,
+            "ensemble": len(self.net.members) if isinstance(self.net, Ensemble) else 1,
             "detector": {"name": self.detector.name, "params": self.detector.params()},
             "detector_numbers": numbers,
             "threshold": self.threshold,
@@ -242,14 +243,18 @@ def load_bundle(path: str | Path) -> Bundle:
             None if projection is None else np.asarray(projection),
         )
         torch.manual_seed(0)
-        net = build_network(
-            meta["preset"],
-            normaliser.channels,
-            len(meta["class_names"]),
-            features=meta["features"],
-            known_head=meta.get("known_head", False),
-            stem=meta.get("stem", 0),
-        )
+        members = [
+            build_network(
+                meta["preset"],
+                normaliser.channels,
+                len(meta["class_names"]),
+                features=meta["features"],
+                known_head=meta.get("known_head", False),
+                stem=meta.get("stem", 0),
+            )
+            for _ in range(meta.get("ensemble", 1))
+        ]
+        net = members[0] if len(members) == 1 else Ensemble(members)
         net.load_state_dict(_tensors(path / "model.safetensors"))
         detector = DETECTORS[name].restore(
             meta["detector"]["params"],

@@ -97,6 +97,13 @@ Stem = Annotated[
         "many channels first (0: off)."
     ),
 ]
+Ensemble = Annotated[
+    int,
+    typer.Option(
+        help="Networks in a deep ensemble (seeds seed, seed + 1, ...): their mean logits and "
+        "joined features are scored; training costs this many times one network's."
+    ),
+]
 Smooth = Annotated[
     float,
     typer.Option(
@@ -258,6 +265,7 @@ def crossval_command(
     input_pca: InputPca = TrainConfig.input_pca,
     stem: Stem = TrainConfig.stem,
     smooth: Smooth = TrainConfig.smooth,
+    ensemble: Ensemble = TrainConfig.ensemble,
     fold: Annotated[
         int | None,
         typer.Option(
@@ -429,6 +437,7 @@ def train_command(
     input_pca: InputPca = TrainConfig.input_pca,
     stem: Stem = TrainConfig.stem,
     smooth: Smooth = TrainConfig.smooth,
+    ensemble: Ensemble = TrainConfig.ensemble,
     devices: Annotated[
         int, typer.Option(help="Processes per node: GPUs, or CPU processes (gloo).")
     ] = 1,

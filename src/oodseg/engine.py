@@ -32,7 +32,7 @@ from oodseg.detectors import LogitDetector, PixelOutputs, make_detector
 from oodseg.distributed import gather_by_image, my_images
 from oodseg.inference import Forward, Inference, Predictor, Scorer
 from oodseg.metrics import ScoreTally, confusion_matrix, segmentation_from_confusion
-from oodseg.model import Segmenter, build_network
+from oodseg.model import Ensemble, Segmenter, build_network
 from oodseg.results import OPERATING_METRICS
 from oodseg.suggest import class_margin
 from oodseg.threshold import DEFAULT_RULE, RULES, OperatingPoints, operating_points
@@ -204,9 +204,10 @@ def train_network(
     checkpoint_dir=None,
     resume: bool = False,
     progress: bool = True,
-) -> Segmenter:
+) -> Segmenter | Ensemble:
     """A network trained on the annotations of the ``known`` classes (seeded: the same initial
-    weights in every fold). ``dense`` trains on the dense labels instead of the strokes, and
+    weights in every fold; with ``config.ensemble`` > 1, that many networks as one
+    :class:`Ensemble`). ``dense`` trains on the dense labels instead of the strokes, and
     ``background_class`` adds the background as a last class (the fully supervised baseline)."""
     k = len(known)
     table = np.full(256, IGNORE, np.int64)
@@ -218,27 +219,38 @@ def train_network(
     ids = [i for i in collection.ids(role) if annotated[i]]
     if not ids:
         raise ValueError(f"{collection.name}: no annotated pixel of the known classes to train on")
-    torch.manual_seed(config.seed)
-    net = build_network(
-        config.preset,
-        collection.normaliser.channels,
-        k + background_class,
-        features=config.features,
-        encoder_weights=config.encoder_weights,
-        known_head=config.known_head,
-        stem=config.stem,
-    )
-    return fit(
-        net,
-        _TrainingImages(collection, ids, table, role),
-        config,
-        patch=config.patch_side([collection.sides[i] for i in ids], collection.patch),
-        counts=[int(annotated[i]) for i in ids],
-        areas=[collection.sides[i][0] * collection.sides[i][1] for i in ids],
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        progress=progress,
-    )
+    images = _TrainingImages(collection, ids, table, role)
+    patch = config.patch_side([collection.sides[i] for i in ids], collection.patch)
+    members = []
+    for j in range(config.ensemble):
+        seed = config.seed + j
+        torch.manual_seed(seed)
+        net = build_network(
+            config.preset,
+            collection.normaliser.channels,
+            k + background_class,
+            features=config.features,
+            encoder_weights=config.encoder_weights,
+            known_head=config.known_head,
+            stem=config.stem,
+        )
+        member_dir = checkpoint_dir
+        if checkpoint_dir is not None and j:
+            member_dir = checkpoint_dir / f"member{j}"
+        members.append(
+            fit(
+                net,
+                images,
+                replace(config, seed=seed),
+                patch=patch,
+                counts=[int(annotated[i]) for i in ids],
+                areas=[collection.sides[i][0] * collection.sides[i][1] for i in ids],
+                checkpoint_dir=member_dir,
+                resume=resume,
+                progress=progress,
+            )
+        )
+    return members[0] if len(members) == 1 else Ensemble(members).eval()
 
 
 class _TrainingImages(Sequence):
@@ -293,7 +305,7 @@ class FittedScorer:
 
 def fit_scorer(
     collection: Collection,
-    net: Segmenter,
+    net: Segmenter | Ensemble,
     known: Sequence[int],
     detectors: Sequence[str],
     tpr: float,

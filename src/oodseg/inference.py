@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import Detector, InputDetector, PixelOutputs, StreamingDetector
-from oodseg.model import PRESETS, Segmenter
+from oodseg.model import PRESETS, Ensemble, Segmenter
 from oodseg.runtime import torch_device
 from oodseg.training import PRECISIONS, TTA, TrainConfig
 
@@ -101,7 +101,7 @@ class Forward:
 class Predictor:
     """A trained network with its input normalisation and divisor."""
 
-    net: Segmenter
+    net: Segmenter | Ensemble
     normaliser: BandNormaliser
     preset: str
     run: Inference = Inference()

@@ -99,6 +99,53 @@ class Segmenter(nn.Module):
         return self.head(last), last
 
 
+class Ensemble(nn.Module):
+    """N trained networks as one (a deep ensemble, Lakshminarayanan et al., NeurIPS 2017): its
+    logits are the members' mean and its features their concatenation, so the head stays linear
+    (the members' heads side by side, over N) and every detector applies to it unchanged; the
+    known-vs-unknown logit is the members' mean. Members differ by their seeds only."""
+
+    def __init__(self, members: Sequence[Segmenter]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 networks, got {len(members)}")
+        self.members = nn.ModuleList(members)
+        first = members[0]
+        self.preset, self.num_classes = first.preset, first.num_classes
+        self.feature_channels = sum(m.feature_channels for m in members)
+        self.head = nn.Conv2d(self.feature_channels, self.num_classes, 1)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.cat([m.head.weight for m in members], 1) / len(members))
+            self.head.bias.copy_(torch.stack([m.head.bias for m in members]).mean(0))
+        self.head.requires_grad_(False)
+        self.known_head = (
+            _MeanOfHeads([m.known_head for m in members], [m.feature_channels for m in members])
+            if first.known_head is not None
+            else None
+        )
+
+    @property
+    def stem(self) -> nn.Conv2d | None:
+        return self.members[0].stem
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.cat([m(x)[1] for m in self.members], dim=1)
+        return self.head(features), features
+
+
+class _MeanOfHeads(nn.Module):
+    """The mean of per-member heads, each applied to its own slice of the concatenated features.
+    The heads stay the members' (a plain list, not submodules): saved once, with their member."""
+
+    def __init__(self, heads: Sequence[nn.Module], widths: Sequence[int]):
+        super().__init__()
+        self.heads, self.widths = list(heads), list(widths)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        parts = features.split(self.widths, dim=1)
+        return torch.stack([h(p) for h, p in zip(self.heads, parts, strict=True)]).mean(0)
+
+
 def build_network(
     preset: str,
     in_channels: int,
