@@ -1,12 +1,14 @@
 """Screen one lever fast: a few folds through the fold engine, mean AUROC per detector.
 
     .venv/bin/python bench/lever_probe.py [--data ip|es] [--detectors gen,mahalanobis]
-        [--folds Woods,Corn] [--scale 0.25] [--baseline] [TrainConfig fields: --smooth=4 ...]
+        [--folds Woods,Corn] [--scale 0.25] [--baseline] [--rescore smooth=2,4,8]
+        [TrainConfig fields: --smooth=4 ...]
 
 Indian Pines (scene split): the six folds below by default, a subset of the 16 that covers large
 and small classes, so that a lever costs a few minutes; Endoscapes: the background protocol at
 ``--scale``. Levers that pass the screen go to the full grid of ``bench/quality.py``. Any
 ``--name=value`` left over is a ``TrainConfig`` field (its type taken from the default).
+``--rescore`` scores each fold's one network at every value of a scoring field (a mean per value).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import time
 from pathlib import Path
 
 from oodseg.datasets import load_dataset
-from oodseg.engine import collect, run_fold
+from oodseg.engine import collect, run_fold, train_network
 from oodseg.sources import endoscapes_collection, folds, scene_collection
 from oodseg.training import TrainConfig
 
 ENDOSCAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "endoscapes_seg50"
+SCORING = ("smooth", "tta")  # fields that change the scoring only, not the training
 IP_FOLDS = "Woods,Corn-notill,Hay-windrowed,Soybean-mintill,Grass-pasture,Corn"
 
 
@@ -45,8 +48,21 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.25)
     parser.add_argument("--rule", default="pu")
     parser.add_argument("--baseline", action="store_true", help="also the fully supervised net")
+    parser.add_argument(
+        "--rescore",
+        default=None,
+        help="FIELD=V1,V2,...: a scoring field (smooth, tta) at each value, on one network a fold",
+    )
     args, rest = parser.parse_known_args()
     config = train_config(rest)
+    variants = [("", config)]
+    if args.rescore:
+        field, _, values = args.rescore.partition("=")
+        if field not in SCORING:
+            raise SystemExit(f"--rescore takes a scoring field: {', '.join(SCORING)}")
+        variants = [
+            (f"{field}={v} ", train_config([*rest, f"--{field}={v}"])) for v in values.split(",")
+        ]
     if args.data == "ip":
         source = scene_collection(load_dataset("indian_pines"), "scene")
         protocol, names = "loco", args.folds.split(",")
@@ -56,25 +72,40 @@ def main() -> None:
     collection = collect(source, input_pca=config.input_pca)
     chosen, _ = folds(collection, [protocol], names)
     detectors = args.detectors.split(",")
-    start, scores = time.perf_counter(), {d: [] for d in detectors}
+    start = time.perf_counter()
+    scores = {(v, d): [] for v, _ in variants for d in detectors}
     for fold in chosen:
-        result = run_fold(
-            collection, fold, config, detectors, 0.95, rule=args.rule, baseline=args.baseline
-        )
-        cells = []
-        for row in result.rows:
-            scores[row["detector"]].append(row["auroc"])
-            cells.append(
-                f"{row['detector']}={row['auroc']:.3f} ({row['test_tpr']:.2f}/"
-                f"{row['ood_recall']:.2f}/{row['miou_k_plus_1']:.3f})"
+        net = train_network(collection, fold.known, config, progress=False)
+        for variant, scoring in variants:
+            result = run_fold(
+                collection,
+                fold,
+                scoring,
+                detectors,
+                0.95,
+                rule=args.rule,
+                baseline=args.baseline,
+                net=net,
             )
-        cells.append(f"closed={result.rows[0]['closed_set_accuracy']:.3f}")
-        if result.fully_supervised:
-            scores.setdefault("fully supervised", []).append(result.fully_supervised["auroc"])
-            cells.append(f"FS={result.fully_supervised['auroc']:.3f}")
-        print(f"{fold.name[:14]:15s}", " ".join(cells), flush=True)
-    means = " ".join(f"{d}={sum(v) / len(v):.3f}" for d, v in scores.items())
-    print(f"MEAN {means} ({time.perf_counter() - start:.0f} s)", flush=True)
+            cells = []
+            for row in result.rows:
+                scores[variant, row["detector"]].append(row["auroc"])
+                cells.append(
+                    f"{row['detector']}={row['auroc']:.3f} ({row['test_tpr']:.2f}/"
+                    f"{row['ood_recall']:.2f}/{row['miou_k_plus_1']:.3f})"
+                )
+            cells.append(f"closed={result.rows[0]['closed_set_accuracy']:.3f}")
+            if result.fully_supervised:
+                scores.setdefault((variant, "fully supervised"), []).append(
+                    result.fully_supervised["auroc"]
+                )
+                cells.append(f"FS={result.fully_supervised['auroc']:.3f}")
+            print(f"{fold.name[:14]:15s}", variant + " ".join(cells), flush=True)
+    for variant, _ in variants:
+        means = " ".join(
+            f"{d}={sum(v) / len(v):.3f}" for (w, d), v in scores.items() if w == variant
+        )
+        print(f"MEAN {variant}{means} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,7 @@
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +10,7 @@ from safetensors.torch import save_file
 from oodseg.datasets import BandNormaliser
 from oodseg.inference import Inference, Predictor
 from oodseg.model import Ensemble, build_network, load_matching_weights
-from oodseg.training import IGNORE, PatchDataset, TrainConfig, fit
+from oodseg.training import IGNORE, PatchDataset, TrainConfig, _batch, fit
 
 
 def predictor(net, bands: int, precision: str = "32") -> Predictor:
@@ -114,6 +118,65 @@ def test_patches_always_contain_annotations_and_keep_image_and_target_aligned():
         # The annotated pixel's value travels with it through flips and rotations.
         assert img[0, y, x] == images[1][0, 5, 7]
         assert (img < 0).all()  # padding repeats the image's edge, never the other image
+
+
+def test_a_patch_is_a_turned_or_flipped_image_window_and_batches_channels_last():
+    rng = np.random.default_rng(1)
+    hwc = rng.normal(size=(40, 36, 5)).astype(np.float32)  # distinct values: a window is found
+    image = torch.from_numpy(hwc).permute(2, 0, 1)  # (C, H, W) over (H, W, C) memory, as trained
+    target = torch.from_numpy(rng.integers(-1, 3, (40, 36)).astype(np.int16))
+    ds = PatchDataset([(image, target)], patch=16, length=16, seed=0)
+    samples = [ds[i] for i in range(16)]
+    seen = set()
+    for img, tgt in samples:
+        assert img.dtype == torch.float32 and tgt.dtype == torch.int64
+        matches = []
+        for k in range(4):
+            for flip in (False, True):
+                # Undo the augmentation, then find the window by its first value (all distinct).
+                im, tg = (img.flip(2), tgt.flip(1)) if flip else (img, tgt)
+                im, tg = torch.rot90(im, -k, (1, 2)), torch.rot90(tg, -k, (0, 1))
+                ((y0, x0),) = np.argwhere(hwc[:, :, 0] == im[0, 0, 0].item())
+                window = image[:, y0 : y0 + 16, x0 : x0 + 16]
+                if window.shape == im.shape and torch.equal(window, im):
+                    assert torch.equal(target[y0 : y0 + 16, x0 : x0 + 16].long(), tg)
+                    matches.append((k, flip))
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) > 4  # the eight turns and flips are all drawn
+    images, targets = _batch(samples[:4])
+    assert torch.equal(images, torch.stack([i for i, _ in samples[:4]]))
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(targets, torch.stack([t for _, t in samples[:4]]))
+
+
+REUSE_PROBE = """
+import resource, sys
+import numpy as np
+from oodseg.runtime import reuse_freed_memory
+if sys.argv[1] == "reuse":
+    assert reuse_freed_memory()
+counts = []
+for _ in range(3):  # 40 MiB blocks, every page touched, then freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = np.ones(40 * 2**20 // 8)
+    del block
+    counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(counts[-1])
+"""
+
+
+def test_freed_blocks_are_reused_without_faulting_their_pages_in_again():
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator setting is glibc's")
+
+    def faults(mode: str) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", REUSE_PROBE, mode], capture_output=True, text=True, check=True
+        )
+        return int(run.stdout)
+
+    assert faults("reuse") < 0.05 * faults("default")
 
 
 def test_patches_are_drawn_from_a_bounded_cache_of_images():

@@ -612,12 +612,15 @@ def run_fold(
     rule: str = DEFAULT_RULE,
     baseline: bool = False,
     progress: Progress | None = None,
+    net: Segmenter | Ensemble | None = None,
 ) -> FoldResult:
     """Train without the OOD classes, fit and calibrate every detector (the K+1 map at the
     ``rule``'s threshold), score the test pixels; with ``baseline``, also the fully supervised
-    network of the fold (:func:`fully_supervised`)."""
+    network of the fold (:func:`fully_supervised`). ``net``: the fold's network, already trained
+    by :func:`train_network` (scoring levers are then compared on one network)."""
     run = Inference.of(config)
-    net = train_network(collection, fold.known, config, progress=progress is not None)
+    if net is None:
+        net = train_network(collection, fold.known, config, progress=progress is not None)
     fitted = fit_scorer(
         collection, net, fold.known, detectors, tpr, run, rule=rule, ood=fold.ood, seed=config.seed
     )

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from torch.utils.data import DataLoader, Dataset
 
 from oodseg.model import FEATURES, PRESETS, Segmenter
+from oodseg.runtime import reuse_freed_memory
 
 IGNORE = -1  # an unlabelled pixel: no class loss (a known-vs-unknown head sees it as unlabelled)
 PAD = -2  # not a pixel of the image (padding): no loss at all
@@ -242,13 +243,27 @@ class PatchDataset(Dataset):
         p = self.patch
         y0 = int(np.clip(y - torch.randint(p, (1,), generator=g).item(), 0, h - p))
         x0 = int(np.clip(x - torch.randint(p, (1,), generator=g).item(), 0, w - p))
-        img = image[:, y0 : y0 + p, x0 : x0 + p]
-        tgt = target[y0 : y0 + p, x0 : x0 + p]
+        # The patch is cut, turned and flipped as numpy views of the (H, W, C) image and copied
+        # once; the (C, p, p) patch is a channels-last view of that copy, so that its batch
+        # (``_batch``) is channels-last too and the convolutions run NHWC without a transposing
+        # copy (torch's rot90 and flip copied the patch twice, and the batch was made NCHW).
+        img = image.permute(1, 2, 0).numpy()[y0 : y0 + p, x0 : x0 + p]
+        tgt = target.numpy()[y0 : y0 + p, x0 : x0 + p]
         k = int(torch.randint(4, (1,), generator=g))
-        img, tgt = torch.rot90(img, k, (1, 2)), torch.rot90(tgt, k, (0, 1))
+        img, tgt = np.rot90(img, k), np.rot90(tgt, k)
         if torch.rand(1, generator=g) < 0.5:
-            img, tgt = img.flip(2), tgt.flip(1)
-        return img.float().contiguous(), tgt.long().contiguous()
+            img, tgt = img[:, ::-1], tgt[:, ::-1]
+        patch = torch.from_numpy(np.ascontiguousarray(img, np.float32)).permute(2, 0, 1)
+        return patch, torch.from_numpy(tgt.astype(np.int64))
+
+
+def _batch(
+    samples: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches stacked into a channels-last (B, C, p, p) batch (as they are laid out) and targets."""
+    images, targets = zip(*samples, strict=True)
+    stacked = torch.stack([i.permute(1, 2, 0) for i in images]).permute(0, 3, 1, 2)
+    return stacked, torch.stack(targets)
 
 
 class _Tensors(Sequence):
@@ -380,6 +395,7 @@ def fit(
     run then ends with the same weights as an uninterrupted one: patches are drawn from a
     generator seeded by seed, epoch and index, not from a global state)."""
     L.seed_everything(config.seed, workers=True, verbose=False)
+    reuse_freed_memory()
     data = PatchDataset(
         _Tensors(images),
         patch,
@@ -402,7 +418,9 @@ def fit(
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     module = SparseSegmentation(net, config)
-    loader = DataLoader(data, batch_size=config.batch_size, shuffle=False, num_workers=0)
+    loader = DataLoader(
+        data, batch_size=config.batch_size, shuffle=False, num_workers=0, collate_fn=_batch
+    )
     with _quiet_lightning():
         trainer = L.Trainer(
             max_epochs=config.epochs,
