@@ -178,7 +178,7 @@ def page(runs: Path, kept: dict[str, str]) -> str:
         "twice the training: an option, the best preset the README names.",
     ]
     fresh = [name for name, *_ in GRID if (runs / name / "results.json").is_file()]
-    if fresh and len(fresh) < len(kept | dict.fromkeys(fresh)):
+    if fresh and any(name in kept and name not in fresh for name, *_ in GRID):
         lines += [
             "",
             f"Run at the code of this page: {', '.join(f'`{n}`' for n in fresh)}; the other "

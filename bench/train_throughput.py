@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from timing import median_seconds
 
+from oodseg import training
 from oodseg.datasets import BandNormaliser, load_indian_pines
 from oodseg.model import PRESETS, build_network
 from oodseg.training import IGNORE, PatchDataset, TrainConfig, fit
@@ -57,8 +58,6 @@ def measure(preset: str, steps: int, device: str) -> dict:
     step = (long - short) / (extra * per_epoch // BATCH)
     tensor = torch.from_numpy(np.asarray(image, np.float32)).permute(2, 0, 1)
     data = PatchDataset([(tensor, torch.from_numpy(sparse.astype(np.int16)))], patch, BATCH, 0)
-    from oodseg import training
-
     collate = getattr(training, "_batch", torch.utils.data.default_collate)
     data_s = median_seconds(lambda: collate([data[i] for i in range(BATCH)]), 9)
     return {
@@ -78,6 +77,11 @@ def main() -> None:
     parser.add_argument("--against", default=None, help="another checkout's src directory")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
+    unknown = set(args.presets.split(",")) - set(PRESETS)
+    if unknown:
+        parser.error(
+            f"unknown presets {', '.join(sorted(unknown))}; choose from {', '.join(PRESETS)}"
+        )
     rows = [measure(p, args.steps, args.device) for p in args.presets.split(",")]
     if args.json:
         print(json.dumps(rows))

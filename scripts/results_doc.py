@@ -50,7 +50,7 @@ def main(*triples: str) -> None:
     sections = doc.read_text().split("\n## ")[1:] if doc.is_file() else []
     kept = {s.split("\n", 1)[0]: "## " + s for s in sections}
     for title, command, run in runs:
-        if not (run / "results.md").is_file():
+        if not (run / "results.json").is_file():
             if title not in kept:
                 raise SystemExit(f"{run}: no results.md, and no section {title!r} to keep")
             parts.append(kept[title].rstrip("\n") + "\n")
