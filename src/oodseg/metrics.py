@@ -45,17 +45,21 @@ def _finite(scores: np.ndarray) -> np.ndarray:
 
 def tie_groups(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positive and negative counts per distinct score, highest score first (exact). Each side is
-    sorted on its own and in its own precision (float32 scores stay float32), then merged."""
+    sorted once, in the precision of both (float32 scores stay float32); the two are merged by
+    one search of the negatives among the positives and counted per run of equal values (no
+    third sort: merging with ``np.union1d`` took half of the metrics' time at 3 x 10^7 scores)."""
     pos, neg = _finite(positive), _finite(negative)
     if pos.size == 0 or neg.size == 0:
         raise ValueError(f"need both ID and OOD scores, got {pos.size} ID and {neg.size} OOD")
     dtype = np.result_type(pos.dtype, neg.dtype)
-    up, cp = np.unique(pos.astype(dtype, copy=False), return_counts=True)
-    un, cn = np.unique(neg.astype(dtype, copy=False), return_counts=True)
-    values = np.union1d(up, un)
-    n_pos, n_neg = np.zeros(len(values), np.int64), np.zeros(len(values), np.int64)
-    n_pos[np.searchsorted(values, up)] = cp
-    n_neg[np.searchsorted(values, un)] = cn
+    pos, neg = np.sort(pos.astype(dtype, copy=False)), np.sort(neg.astype(dtype, copy=False))
+    is_neg = np.zeros(pos.size + neg.size, bool)
+    is_neg[np.searchsorted(pos, neg) + np.arange(neg.size)] = True  # a negative's merged place
+    merged = np.empty(is_neg.size, dtype)
+    merged[is_neg], merged[~is_neg] = neg, pos
+    starts = np.flatnonzero(np.r_[True, merged[1:] != merged[:-1]])
+    n_neg = np.add.reduceat(is_neg.view(np.uint8), starts, dtype=np.int64)
+    n_pos = np.diff(np.r_[starts, is_neg.size]) - n_neg
     return n_pos[::-1], n_neg[::-1]
 
 
