@@ -47,7 +47,7 @@ def tie_groups(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, 
     """Positive and negative counts per distinct score, highest score first (exact). Each side is
     sorted once, in the precision of both (float32 scores stay float32); the two are merged by
     one search of the negatives among the positives and counted per run of equal values (no
-    third sort: merging with ``np.union1d`` took half of the metrics' time at 3 x 10^7 scores)."""
+    third sort: ``np.union1d`` and its two searches took about a third of the time at 3 x 10^7)."""
     pos, neg = _finite(positive), _finite(negative)
     if pos.size == 0 or neg.size == 0:
         raise ValueError(f"need both ID and OOD scores, got {pos.size} ID and {neg.size} OOD")
