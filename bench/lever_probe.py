@@ -1,14 +1,16 @@
 """Screen one lever fast: a few folds through the fold engine, mean AUROC per detector.
 
     .venv/bin/python bench/lever_probe.py [--data ip|es] [--detectors gen,mahalanobis]
-        [--folds Woods,Corn] [--scale 0.25] [--baseline] [--rescore smooth=2,4,8]
+        [--folds Woods,Corn] [--scale 0.25] [--baseline] [--rescore smooth=2,4,8 [--rescore ...]]
         [TrainConfig fields: --smooth=4 ...]
 
 Indian Pines (scene split): the six folds below by default, a subset of the 16 that covers large
 and small classes, so that a lever costs a few minutes; Endoscapes: the background protocol at
 ``--scale``. Levers that pass the screen go to the full grid of ``bench/quality.py``. Any
 ``--name=value`` left over is a ``TrainConfig`` field (its type taken from the default).
-``--rescore`` scores each fold's one network at every value of a scoring field (a mean per value).
+``--rescore`` scores each fold's one network at every value of a scoring field (a mean per value);
+repeated, at every combination of their values. Means: AUROC (test TPR / OOD recall / K+1 mIoU at
+``--rule``'s threshold).
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from oodseg.datasets import load_dataset
 from oodseg.engine import collect, run_fold, train_network
 from oodseg.sources import endoscapes_collection, folds, scene_collection
 from oodseg.training import TrainConfig
 
 ENDOSCAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "endoscapes_seg50"
-SCORING = ("smooth", "tta")  # fields that change the scoring only, not the training
+# What changes the scoring only: TrainConfig fields, the threshold rule and the tpr rule's target.
+SCORING = ("smooth", "tta", "rule", "tpr")
+RUN_FIELDS = ("rule", "tpr")
 IP_FOLDS = "Woods,Corn-notill,Hay-windrowed,Soybean-mintill,Grass-pasture,Corn"
 
 
@@ -50,18 +56,30 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also the fully supervised net")
     parser.add_argument(
         "--rescore",
-        default=None,
-        help="FIELD=V1,V2,...: a scoring field (smooth, tta) at each value, on one network a fold",
+        action="append",
+        default=[],
+        help="FIELD=V1,V2,...: a scoring field (smooth, tta, the threshold rule, or the tpr "
+        "rule's target tpr) at each value, on one network a fold; repeat it for every "
+        "combination",
     )
     args, rest = parser.parse_known_args()
     config = train_config(rest)
-    variants = [("", config)]
-    if args.rescore:
-        field, _, values = args.rescore.partition("=")
+    variants = [("", config, {"rule": args.rule, "tpr": 0.95})]
+    settings: list[list[str]] = [[]]
+    for spec in args.rescore:
+        field, _, values = spec.partition("=")
         if field not in SCORING:
             raise SystemExit(f"--rescore takes a scoring field: {', '.join(SCORING)}")
+        settings = [[*s, f"{field}={v}"] for s in settings for v in values.split(",")]
+    if args.rescore:
         variants = [
-            (f"{field}={v} ", train_config([*rest, f"--{field}={v}"])) for v in values.split(",")
+            (
+                " ".join(s) + " ",
+                train_config([*rest, *(f"--{v}" for v in s if v.split("=")[0] not in RUN_FIELDS)]),
+                {"rule": args.rule, "tpr": 0.95}
+                | {k: v for k, _, v in (x.partition("=") for x in s) if k in RUN_FIELDS},
+            )
+            for s in settings
         ]
     if args.data == "ip":
         source = scene_collection(load_dataset("indian_pines"), "scene")
@@ -73,23 +91,24 @@ def main() -> None:
     chosen, _ = folds(collection, [protocol], names)
     detectors = args.detectors.split(",")
     start = time.perf_counter()
-    scores = {(v, d): [] for v, _ in variants for d in detectors}
+    scores = {(v, d): [] for v, *_ in variants for d in detectors}
     for fold in chosen:
         net = train_network(collection, fold.known, config, progress=False)
-        for variant, scoring in variants:
+        for variant, scoring, run in variants:
             result = run_fold(
                 collection,
                 fold,
                 scoring,
                 detectors,
-                0.95,
-                rule=args.rule,
+                float(run["tpr"]),
+                rule=run["rule"],
                 baseline=args.baseline,
                 net=net,
             )
             cells = []
             for row in result.rows:
-                scores[variant, row["detector"]].append(row["auroc"])
+                point = ("auroc", "test_tpr", "ood_recall", "miou_k_plus_1")
+                scores[variant, row["detector"]].append([row[m] for m in point])
                 cells.append(
                     f"{row['detector']}={row['auroc']:.3f} ({row['test_tpr']:.2f}/"
                     f"{row['ood_recall']:.2f}/{row['miou_k_plus_1']:.3f})"
@@ -97,13 +116,15 @@ def main() -> None:
             cells.append(f"closed={result.rows[0]['closed_set_accuracy']:.3f}")
             if result.fully_supervised:
                 scores.setdefault((variant, "fully supervised"), []).append(
-                    result.fully_supervised["auroc"]
+                    [result.fully_supervised[m] for m in point]
                 )
                 cells.append(f"FS={result.fully_supervised['auroc']:.3f}")
             print(f"{fold.name[:14]:15s}", variant + " ".join(cells), flush=True)
-    for variant, _ in variants:
+    for variant, *_ in variants:
         means = " ".join(
-            f"{d}={sum(v) / len(v):.3f}" for (w, d), v in scores.items() if w == variant
+            "{}={:.3f} ({:.2f}/{:.2f}/{:.3f})".format(d, *np.mean(v, 0))
+            for (w, d), v in scores.items()
+            if w == variant
         )
         print(f"MEAN {variant}{means} ({time.perf_counter() - start:.0f} s)", flush=True)
 

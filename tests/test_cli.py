@@ -45,6 +45,7 @@ def run(tmp_path, *args):
         (["--smooth", "-1"], "--smooth is a standard deviation"),
         (["--input-pca", "-1"], "--input-pca is a number of components, 0 or more"),
         (["--stem", "-2"], "--stem is a number of channels, 0 or more"),
+        (["--dropout", "1"], "--dropout is a rate in [0, 1)"),
         (
             ["--split", "blocks", "--calibration", "region"],
             "--calibration does not apply to the blocks split",

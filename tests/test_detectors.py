@@ -81,6 +81,7 @@ def test_params_come_from_the_constructor_signature():
         "seed": 0,
         "search": "auto",
         "chunk": 8192,
+        "eps": 0.0,
     }
     assert make_detector("msp").params() == {}
 

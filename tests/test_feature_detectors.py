@@ -102,9 +102,24 @@ def test_knn_matches_brute_force_cosine_and_is_chunk_invariant(search):
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("eps", [0.5, 2.0])
+def test_approximate_knn_keeps_scipys_bound(eps):
+    # scipy's guarantee: the k-th distance found is within (1 + eps) of the true one, and never
+    # below it (it is the distance to a real bank pixel); the score is -d^2 / 2.
+    feats, labels, w, b = data(2000)
+    x, *_ = data(3000, seed=1)
+    _, got = fit_score("knn", outputs(feats, w, b), labels, outputs(x, w, b), k=5, eps=eps)
+    exact = np.sort(unit(x) @ unit(feats).T, axis=1)[:, -5] - 1
+    assert (got <= exact + 1e-6).all()  # float32 unit vectors, as in the exact test
+    assert (got >= (1 + eps) ** 2 * exact - 1e-6).all()
+    assert (got < exact - 1e-3).any()  # the search did take the shortcut
+
+
 def test_knn_unknown_search_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown KNN search 'ball'"):
         make_detector("knn", search="ball")
+    with pytest.raises(ValueError, match="eps is the k-d tree's approximation"):
+        make_detector("knn", search="brute", eps=1.0)
 
 
 def test_knn_bank_is_class_balanced_seeded_and_bounded():

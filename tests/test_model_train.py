@@ -43,6 +43,27 @@ def test_spectral_stem_is_a_linear_map_of_the_bands_before_the_backbone():
     assert build_network("small", in_channels=8, num_classes=3, stem=8).stem is None
 
 
+@pytest.mark.parametrize("preset", ["small", "reference"])
+def test_dropout_acts_in_training_only_and_keeps_the_weights(preset):
+    torch.manual_seed(0)
+    plain = build_network(preset, in_channels=5, num_classes=3)
+    torch.manual_seed(0)
+    dropped = build_network(preset, in_channels=5, num_classes=3, dropout=0.3)
+
+    def rates(net):  # the EfficientNet encoder keeps its own head dropout (0.4)
+        return [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout) and m.p != 0.4]
+
+    assert len(rates(dropped)) >= 4 and set(rates(dropped)) == {0.3}
+    assert not any(rates(plain))
+    # The same parameters (a bundle needs no rate to load), the same outputs once evaluating.
+    assert plain.state_dict().keys() == dropped.state_dict().keys()
+    x = torch.randn(1, 5, 32, 32)
+    torch.testing.assert_close(plain.eval()(x)[0], dropped.eval()(x)[0])
+    dropped.train()
+    x = torch.randn(2, 5, 64, 64)  # batch norm needs more than one value per channel
+    assert not torch.allclose(dropped(x)[0], dropped(x)[0])
+
+
 def test_hypercolumn_features_concatenate_every_decoder_stage_under_a_linear_head():
     net = build_network("small", in_channels=5, num_classes=3, features="hypercolumn").eval()
     logits, features = net(torch.randn(1, 5, 40, 48))

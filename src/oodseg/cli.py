@@ -97,6 +97,10 @@ Stem = Annotated[
         "many channels first (0: off)."
     ),
 ]
+Dropout = Annotated[
+    float,
+    typer.Option(help="Dropout rate after every convolution block while training (0: off)."),
+]
 Ensemble = Annotated[
     int,
     typer.Option(
@@ -264,6 +268,7 @@ def crossval_command(
     tta: Tta = "none",
     input_pca: InputPca = TrainConfig.input_pca,
     stem: Stem = TrainConfig.stem,
+    dropout: Dropout = TrainConfig.dropout,
     smooth: Smooth = TrainConfig.smooth,
     ensemble: Ensemble = TrainConfig.ensemble,
     fold: Annotated[
@@ -436,6 +441,7 @@ def train_command(
     tta: Tta = "none",
     input_pca: InputPca = TrainConfig.input_pca,
     stem: Stem = TrainConfig.stem,
+    dropout: Dropout = TrainConfig.dropout,
     smooth: Smooth = TrainConfig.smooth,
     ensemble: Ensemble = TrainConfig.ensemble,
     devices: Annotated[

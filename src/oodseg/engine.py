@@ -233,6 +233,7 @@ def train_network(
             encoder_weights=config.encoder_weights,
             known_head=config.known_head,
             stem=config.stem,
+            dropout=config.dropout,
         )
         member_dir = checkpoint_dir
         if checkpoint_dir is not None and j:

@@ -155,13 +155,15 @@ def build_network(
     encoder_weights: str | Path | None = None,
     known_head: bool = False,
     stem: int = 0,
+    dropout: float = 0.0,
 ) -> Segmenter:
     """The network of a preset. ``features``: ``last`` (the decoder's last map) or ``hypercolumn``
     (every decoder stage). ``encoder_weights`` (reference preset only) is a local safetensors or
     PyTorch state dict for the EfficientNet-B4 encoder; nothing is ever downloaded.
     ``known_head`` adds the known-vs-unknown head. With ``stem`` below ``in_channels``, a learned
     1 x 1 convolution first maps the bands to ``stem`` channels: the backbone's first 3 x 3
-    convolution, most of the small preset's cost on hyperspectral input, then sees far fewer."""
+    convolution, most of the small preset's cost on hyperspectral input, then sees far fewer.
+    ``dropout``: MONAI's dropout rate after every convolution block (training only)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown network preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     if features not in FEATURES:
@@ -184,6 +186,7 @@ def build_network(
             out_channels=num_classes,
             features=fea,
             norm="batch",
+            dropout=dropout,
         )
         net.final_conv = nn.Identity()
         taps = [(net.upcat_4, fea[3]), (net.upcat_3, fea[2]), (net.upcat_2, fea[1])]
@@ -197,6 +200,7 @@ def build_network(
         backbone="efficientnet-b4",
         pretrained=False,
         decoder_channels=decoder_channels,
+        dropout=dropout,
     )
     net.segmentation_head = nn.Identity()
     if encoder_weights is not None:

@@ -51,6 +51,9 @@ class TrainConfig:
     patch: int | None = None  # training patch side; None: the data's or the preset's default
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    # MONAI's dropout after every convolution block, in training. Off by default: 0.1 raised every
+    # detector on Indian Pines and Samson but lost on Endoscapes (docs/quality.md, *-dropout10).
+    dropout: float = 0.0
     seed: int = 0
     device: str = "auto"
     loss: str = "ce"  # "ce" or "logitnorm"
@@ -127,6 +130,8 @@ class TrainConfig:
             raise ValueError(
                 f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}"
             )
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout is a rate in [0, 1), got {self.dropout}")
         if self.smooth < 0:
             raise ValueError(
                 f"--smooth is a standard deviation in pixels, 0 or more, got {self.smooth}"
