@@ -24,6 +24,7 @@ import numpy as np
 from oodseg.datasets import load_dataset
 from oodseg.engine import collect, run_fold, train_network
 from oodseg.sources import endoscapes_collection, folds, scene_collection
+from oodseg.threshold import RULES
 from oodseg.training import TrainConfig
 
 ENDOSCAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "endoscapes_seg50"
@@ -81,6 +82,12 @@ def main() -> None:
             )
             for s in settings
         ]
+    for _, _, run in variants:  # checked before any training
+        if run["rule"] not in RULES or not 0 < float(run["tpr"]) < 1:
+            raise SystemExit(
+                f"the threshold rule must be one of {', '.join(RULES)} and the tpr target in "
+                f"(0, 1), got rule {run['rule']!r} and tpr {run['tpr']}"
+            )
     if args.data == "ip":
         source = scene_collection(load_dataset("indian_pines"), "scene")
         protocol, names = "loco", args.folds.split(",")
