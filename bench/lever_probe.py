@@ -31,6 +31,7 @@ ENDOSCAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "endoscap
 # What changes the scoring only: TrainConfig fields, the threshold rule and the tpr rule's target.
 SCORING = ("smooth", "tta", "rule", "tpr")
 RUN_FIELDS = ("rule", "tpr")
+POINT = ("auroc", "test_tpr", "ood_recall", "miou_k_plus_1")  # what the means are taken of
 IP_FOLDS = "Woods,Corn-notill,Hay-windrowed,Soybean-mintill,Grass-pasture,Corn"
 
 
@@ -114,8 +115,7 @@ def main() -> None:
             )
             cells = []
             for row in result.rows:
-                point = ("auroc", "test_tpr", "ood_recall", "miou_k_plus_1")
-                scores[variant, row["detector"]].append([row[m] for m in point])
+                scores[variant, row["detector"]].append([row[m] for m in POINT])
                 cells.append(
                     f"{row['detector']}={row['auroc']:.3f} ({row['test_tpr']:.2f}/"
                     f"{row['ood_recall']:.2f}/{row['miou_k_plus_1']:.3f})"
@@ -123,7 +123,7 @@ def main() -> None:
             cells.append(f"closed={result.rows[0]['closed_set_accuracy']:.3f}")
             if result.fully_supervised:
                 scores.setdefault((variant, "fully supervised"), []).append(
-                    [result.fully_supervised[m] for m in point]
+                    [result.fully_supervised[m] for m in POINT]
                 )
                 cells.append(f"FS={result.fully_supervised['auroc']:.3f}")
             print(f"{fold.name[:14]:15s}", variant + " ".join(cells), flush=True)

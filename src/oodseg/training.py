@@ -52,7 +52,8 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     # MONAI's dropout after every convolution block, in training. Off by default: 0.1 raised every
-    # detector on Indian Pines and Samson but lost on Endoscapes (docs/quality.md, *-dropout10).
+    # detector on the Indian Pines scene and Samson but lost on Endoscapes and on the blocks split
+    # (docs/quality.md, *-dropout10).
     dropout: float = 0.0
     seed: int = 0
     device: str = "auto"
