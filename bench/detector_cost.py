@@ -81,6 +81,12 @@ def main() -> None:
         ("knn (bank 500, eps 0.5)", make_detector("knn", bank_size=500, eps=0.5)),
         ("knn (brute)", make_detector("knn", search="brute")),
         ("knn (brute, bank 500)", make_detector("knn", bank_size=500, search="brute")),
+        ("knn (16 centroids a class, k 1)", make_detector("knn", centroids=16, k=1)),
+        ("knn (64 centroids a class, k 1)", make_detector("knn", centroids=64, k=1)),
+        (
+            "knn (64 centroids a class, k 1, brute)",
+            make_detector("knn", centroids=64, k=1, search="brute"),
+        ),
     ]
     for name, det in variants:
         if isinstance(det, InputDetector):

@@ -115,11 +115,32 @@ def test_approximate_knn_keeps_scipys_bound(eps):
     assert (got < exact - 1e-3).any()  # the search did take the shortcut
 
 
+def test_knn_centroid_bank_is_each_class_s_cluster_means():
+    # Two classes, each two tight clusters in well-separated directions: two centroids per class
+    # are the four normalised cluster means, and with k = 1 a score is the cosine to the nearest
+    # of them minus one.
+    rng = np.random.default_rng(4)
+    means = unit(rng.normal(size=(4, F))) * 5
+    cluster = np.repeat(np.arange(4), 150)
+    feats = means[cluster] + rng.normal(0, 0.01, (600, F))
+    labels = cluster // 2
+    x = rng.normal(size=(200, F))
+    w, b = rng.normal(size=(2, F)), np.zeros(2)
+    det, got = fit_score("knn", outputs(feats, w, b), labels, outputs(x, w, b), k=1, centroids=2)
+    centres = unit(np.stack([unit(feats[cluster == c]).mean(0) for c in range(4)]))
+    bank = det.bank_.numpy()
+    assert bank.shape == (4, F)
+    np.testing.assert_allclose(np.sort(bank @ centres.T, axis=1)[:, -1], 1, atol=1e-6)
+    np.testing.assert_allclose(got, (unit(x) @ centres.T).max(1) - 1, atol=1e-5)
+
+
 def test_knn_unknown_search_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown KNN search 'ball'"):
         make_detector("knn", search="ball")
     with pytest.raises(ValueError, match="eps is the k-d tree's approximation"):
         make_detector("knn", search="brute", eps=1.0)
+    with pytest.raises(ValueError, match="centroids per class must be 0"):
+        make_detector("knn", centroids=-1)
 
 
 def test_knn_bank_is_class_balanced_seeded_and_bounded():

@@ -151,6 +151,21 @@ def test_metrics_summed_over_small_chunks_equal_scikit_learn(name, id_s, ood_s, 
         assert ours[k] == pytest.approx(v, abs=1e-12), k
 
 
+@pytest.mark.parametrize("name,id_s,ood_s", list(cases()), ids=[c[0] for c in cases()])
+def test_tie_groups_over_small_blocks_equal_numpy_unique(name, id_s, ood_s, monkeypatch):
+    import oodseg.metrics
+    from oodseg.metrics import tie_groups
+
+    monkeypatch.setattr(oodseg.metrics, "CHUNK", 5)  # blocks of scores cut everywhere
+    values, where = np.unique(np.r_[id_s, ood_s], return_inverse=True)
+    is_id = np.r_[np.ones(id_s.size, bool), np.zeros(ood_s.size, bool)]
+    n_id = np.bincount(where[is_id], minlength=values.size)[::-1]
+    n_ood = np.bincount(where[~is_id], minlength=values.size)[::-1]
+    pos, neg = tie_groups(id_s, ood_s)
+    np.testing.assert_array_equal(pos, n_id)
+    np.testing.assert_array_equal(neg, n_ood)
+
+
 def test_thinned_roc_follows_the_full_curve():
     from oodseg.metrics import CURVE_POINTS, separation, tie_groups
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal, Self
 
 import torch
+from scipy.cluster.vq import kmeans2
 from scipy.spatial import cKDTree
 from torch import nn
 
@@ -436,10 +437,14 @@ class _Reservoir:
             keep = k.argsort()[: self.size]
             self.keys[g], self.rows[g] = k[keep], r[keep]
 
+    def balanced_groups(self, total: int) -> list[torch.Tensor]:
+        """Up to ``total`` rows, the same quota per group, group by group."""
+        quota = max(1, total // max(1, len(self.rows)))
+        return [self.rows[g][:quota] for g in sorted(self.rows)]
+
     def balanced(self, total: int) -> torch.Tensor:
         """Up to ``total`` rows, the same quota per group."""
-        quota = max(1, total // max(1, len(self.rows)))
-        return torch.cat([self.rows[g][:quota] for g in sorted(self.rows)])
+        return torch.cat(self.balanced_groups(total))
 
 
 KDTREE_MAX_DIM = 32  # wider features: the brute-force search is the faster one
@@ -456,7 +461,10 @@ class KNN(StreamingDetector):
     k-d tree degrades to a slow brute force; ``"auto"`` (default) takes the tree up to
     :data:`KDTREE_MAX_DIM` features. Both keep memory bounded. ``eps`` > 0 makes the tree's search
     approximate, for speed: scipy bounds the k-th distance found by 1 + ``eps`` times the true one,
-    so a score (never positive) lies between (1 + eps)^2 times the exact score and the exact score."""
+    so a score (never positive) lies between (1 + eps)^2 times the exact score and the exact score.
+    ``centroids`` > 0 replaces each class's bank pixels by that many spherical k-means centroids
+    (scipy's k-means++, seeded; re-normalised), a far smaller bank for speed; the k-th nearest is
+    then a centroid (k = 1: the nearest prototype)."""
 
     name = "knn"
 
@@ -468,6 +476,7 @@ class KNN(StreamingDetector):
         search: Literal["auto", "kdtree", "brute"] = "auto",
         chunk: int = 8192,
         eps: float = 0.0,
+        centroids: int = 0,
     ):
         if k < 1:
             raise ValueError(f"KNN needs k >= 1, got {k}")
@@ -478,6 +487,8 @@ class KNN(StreamingDetector):
                 f"KNN's eps is the k-d tree's approximation, 0 or more (not for the brute "
                 f"search), got {eps} with search {search!r}"
             )
+        if centroids < 0:
+            raise ValueError(f"KNN's centroids per class must be 0 (off) or more, got {centroids}")
         self.k, self.bank_size, self.seed, self.search, self.chunk, self.eps = (
             k,
             bank_size,
@@ -486,6 +497,7 @@ class KNN(StreamingDetector):
             chunk,
             eps,
         )
+        self.centroids = centroids
 
     def _start(self) -> None:
         super()._start()
@@ -495,8 +507,20 @@ class KNN(StreamingDetector):
         self.reservoir_.add(nn.functional.normalize(outputs.features.float(), dim=1), labels)
 
     def _refresh(self) -> None:
-        self.bank_ = self.reservoir_.balanced(self.bank_size)
+        groups = self.reservoir_.balanced_groups(self.bank_size)
+        if self.centroids:
+            groups = [self._centres(rows, j) for j, rows in enumerate(groups)]
+        self.bank_ = torch.cat(groups)
         self._tree = None  # built when first needed: streaming batches would rebuild it each time
+
+    def _centres(self, rows: torch.Tensor, group: int) -> torch.Tensor:
+        """A class's bank rows reduced to ``centroids`` unit-length k-means centres."""
+        if len(rows) <= self.centroids:
+            return rows
+        centres, _ = kmeans2(
+            rows.double().numpy(), self.centroids, minit="++", seed=self.seed + group
+        )
+        return nn.functional.normalize(torch.from_numpy(centres).float(), dim=1)
 
     def _score(self, outputs: PixelOutputs) -> torch.Tensor:
         if len(self.bank_) < self.k:

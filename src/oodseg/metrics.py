@@ -45,22 +45,37 @@ def _finite(scores: np.ndarray) -> np.ndarray:
 
 def tie_groups(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positive and negative counts per distinct score, highest score first (exact). Each side is
-    sorted once, in the precision of both (float32 scores stay float32); the two are merged by
-    one search of the negatives among the positives and counted per run of equal values (no
-    third sort: ``np.union1d`` and its two searches took about a third of the time at 3 x 10^7)."""
+    sorted once, in the precision of both (float32 scores stay float32); then, block by block of
+    scores, the negatives are merged among the positives by one search and counted per run of
+    equal values (no third sort: ``np.union1d`` and its two searches took about a third of the
+    time at 3 x 10^7). Blocks are cut at every ``CHUNK``-th score of either side, so no run of ties
+    straddles two and the merge's temporaries stay small; the counts are int32 where they fit."""
     pos, neg = _finite(positive), _finite(negative)
     if pos.size == 0 or neg.size == 0:
         raise ValueError(f"need both ID and OOD scores, got {pos.size} ID and {neg.size} OOD")
     dtype = np.result_type(pos.dtype, neg.dtype)
     pos, neg = np.sort(pos.astype(dtype, copy=False)), np.sort(neg.astype(dtype, copy=False))
-    is_neg = np.zeros(pos.size + neg.size, bool)
-    is_neg[np.searchsorted(pos, neg) + np.arange(neg.size)] = True  # a negative's merged place
-    merged = np.empty(is_neg.size, dtype)
-    merged[is_neg], merged[~is_neg] = neg, pos
-    starts = np.flatnonzero(np.r_[True, merged[1:] != merged[:-1]])
-    n_neg = np.add.reduceat(is_neg.view(np.uint8), starts, dtype=np.int64)
-    n_pos = np.diff(np.r_[starts, is_neg.size]) - n_neg
-    return n_pos[::-1], n_neg[::-1]
+    cuts = np.unique(np.r_[pos[CHUNK - 1 :: CHUNK], neg[CHUNK - 1 :: CHUNK]])
+    pos_ends = np.r_[np.searchsorted(pos, cuts, "right"), pos.size]
+    neg_ends = np.r_[np.searchsorted(neg, cuts, "right"), neg.size]
+    total = pos.size + neg.size
+    count = np.int32 if total < 2**31 else np.int64
+    n_pos, n_neg = np.empty(total, count), np.empty(total, count)
+    groups = p0 = q0 = 0
+    for p1, q1 in zip(pos_ends, neg_ends, strict=True):
+        p, q = pos[p0:p1], neg[q0:q1]
+        if p.size + q.size == 0:  # the last block, when the highest score is a cut
+            continue
+        is_neg = np.zeros(p.size + q.size, bool)
+        is_neg[np.searchsorted(p, q) + np.arange(q.size)] = True  # a negative's merged place
+        merged = np.empty(is_neg.size, dtype)
+        merged[is_neg], merged[~is_neg] = q, p
+        starts = np.flatnonzero(np.r_[True, merged[1:] != merged[:-1]])
+        end = groups + starts.size
+        n_neg[groups:end] = np.add.reduceat(is_neg.view(np.uint8), starts, dtype=np.int64)
+        n_pos[groups:end] = np.diff(np.r_[starts, is_neg.size]) - n_neg[groups:end]
+        groups, p0, q0 = end, p1, q1
+    return n_pos[:groups][::-1], n_neg[:groups][::-1]
 
 
 def _cumulative(pos: np.ndarray, neg: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
