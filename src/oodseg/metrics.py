@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CHUNK = 1 << 20  # groups of tied scores summed at a time
+CHUNK = 1 << 20  # scores merged, and groups of tied scores summed, at a time
 CURVE_POINTS = 2000  # ROC points kept for figures: a step of 1/2000 in FPR or TPR
 
 
