@@ -82,7 +82,7 @@ def test_params_come_from_the_constructor_signature():
         "search": "auto",
         "chunk": 8192,
         "eps": 0.0,
-        "centroids": 0,
+        "centroids": 64,
     }
     assert make_detector("msp").params() == {}
 

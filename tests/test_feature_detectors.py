@@ -95,7 +95,14 @@ def test_knn_matches_brute_force_cosine_and_is_chunk_invariant(search):
     feats, labels, w, b = data()
     x, *_ = data(300, seed=1)
     _, got = fit_score(
-        "knn", outputs(feats, w, b), labels, outputs(x, w, b), k=7, search=search, chunk=64
+        "knn",
+        outputs(feats, w, b),
+        labels,
+        outputs(x, w, b),
+        k=7,
+        search=search,
+        chunk=64,
+        centroids=0,
     )
     sims = unit(x) @ unit(feats).T
     expected = np.sort(sims, axis=1)[:, -7] - 1
@@ -108,7 +115,9 @@ def test_approximate_knn_keeps_scipys_bound(eps):
     # below it (it is the distance to a real bank pixel); the score is -d^2 / 2.
     feats, labels, w, b = data(2000)
     x, *_ = data(3000, seed=1)
-    _, got = fit_score("knn", outputs(feats, w, b), labels, outputs(x, w, b), k=5, eps=eps)
+    _, got = fit_score(
+        "knn", outputs(feats, w, b), labels, outputs(x, w, b), k=5, eps=eps, centroids=0
+    )
     exact = np.sort(unit(x) @ unit(feats).T, axis=1)[:, -5] - 1
     assert (got <= exact + 1e-6).all()  # float32 unit vectors, as in the exact test
     assert (got >= (1 + eps) ** 2 * exact - 1e-6).all()
@@ -128,10 +137,13 @@ def test_knn_centroid_bank_is_each_class_s_cluster_means():
     w, b = rng.normal(size=(2, F)), np.zeros(2)
     det, got = fit_score("knn", outputs(feats, w, b), labels, outputs(x, w, b), k=1, centroids=2)
     centres = unit(np.stack([unit(feats[cluster == c]).mean(0) for c in range(4)]))
-    bank = det.bank_.numpy()
-    assert bank.shape == (4, F)
+    bank = det.prototypes().numpy()
+    assert bank.shape == (4, F) and det.bank_.shape == (600, F)  # the stored bank stays raw
     np.testing.assert_allclose(np.sort(bank @ centres.T, axis=1)[:, -1], 1, atol=1e-6)
     np.testing.assert_allclose(got, (unit(x) @ centres.T).max(1) - 1, atol=1e-5)
+    # Restored from its stored state (the raw bank), it re-clusters to the same centroids.
+    again = type(det).restore(det.params(), *det.fitted_state())
+    torch.testing.assert_close(again.prototypes(), det.prototypes(), rtol=0, atol=0)
 
 
 def test_knn_unknown_search_is_a_clear_error():
@@ -158,7 +170,7 @@ def test_knn_bank_is_class_balanced_seeded_and_bounded():
 def test_knn_bank_smaller_than_k_is_a_clear_error():
     feats, labels, w, b = data(8)
     det = make_detector("knn", k=10).fit(outputs(feats, w, b), torch.from_numpy(labels))
-    with pytest.raises(ValueError, match="holds 8 training pixels, fewer than k = 10"):
+    with pytest.raises(ValueError, match="holds 8 rows, fewer than k = 10"):
         det.score(outputs(feats, w, b))
 
 

@@ -454,29 +454,31 @@ KDTREE_MAX_DIM = 32  # wider features: the brute-force search is the faster one
 class KNN(StreamingDetector):
     """Cosine similarity to the k-th nearest training pixel feature, minus one (i.e. the negated
     cosine distance; Sun et al., 2022). The bank is a seeded, class-balanced subsample of at most
-    ``bank_size`` training pixels. ``search="kdtree"`` finds the exact neighbours with scipy's k-d
-    tree on the unit vectors (Euclidean and cosine order agree there), 2-4x faster than
-    ``"brute"`` on the low-dimensional decoder features; ``"brute"`` takes one matrix product per
-    chunk of ``chunk`` queries, the better choice for wide (e.g. hypercolumn) features, where a
-    k-d tree degrades to a slow brute force; ``"auto"`` (default) takes the tree up to
-    :data:`KDTREE_MAX_DIM` features. Both keep memory bounded. ``eps`` > 0 makes the tree's search
-    approximate, for speed: scipy bounds the k-th distance found by 1 + ``eps`` times the true one,
-    so a score (never positive) lies between (1 + eps)^2 times the exact score and the exact score.
-    ``centroids`` > 0 replaces each class's bank pixels by that many spherical k-means centroids
-    (scipy's k-means++, seeded; re-normalised), a far smaller bank for speed; the k-th nearest is
-    then a centroid (k = 1: the nearest prototype)."""
+    ``bank_size`` training pixels. ``centroids`` > 0 (default 64) replaces each class's bank pixels
+    by that many spherical k-means centroids (scipy's k-means++, seeded; re-normalised), and with
+    the default k = 1 the score is the cosine to the nearest prototype: on Indian Pines (16 folds)
+    and Endoscapes this ranked OOD better than the exact 10th neighbour (mean AUROC 0.769 -> 0.802,
+    0.546 -> 0.558) at a quarter of its cost. ``centroids=0, k=10`` is the published detector.
+    ``search="kdtree"`` finds the exact neighbours with scipy's k-d tree on the unit vectors
+    (Euclidean and cosine order agree there), 2-4x faster than ``"brute"`` on the low-dimensional
+    decoder features; ``"brute"`` takes one matrix product per chunk of ``chunk`` queries, the
+    better choice for wide (e.g. hypercolumn) features, where a k-d tree degrades to a slow brute
+    force; ``"auto"`` (default) takes the tree up to :data:`KDTREE_MAX_DIM` features. Both keep
+    memory bounded. ``eps`` > 0 makes the tree's search approximate, for speed: scipy bounds the
+    k-th distance found by 1 + ``eps`` times the true one, so a score (never positive) lies
+    between (1 + eps)^2 times the exact score and the exact score."""
 
     name = "knn"
 
     def __init__(
         self,
-        k: int = 10,
+        k: int = 1,
         bank_size: int = 20000,
         seed: int = 0,
         search: Literal["auto", "kdtree", "brute"] = "auto",
         chunk: int = 8192,
         eps: float = 0.0,
-        centroids: int = 0,
+        centroids: int = 64,
     ):
         if k < 1:
             raise ValueError(f"KNN needs k >= 1, got {k}")
@@ -508,10 +510,20 @@ class KNN(StreamingDetector):
 
     def _refresh(self) -> None:
         groups = self.reservoir_.balanced_groups(self.bank_size)
-        if self.centroids:
-            groups = [self._centres(rows, j) for j, rows in enumerate(groups)]
         self.bank_ = torch.cat(groups)
-        self._tree = None  # built when first needed: streaming batches would rebuild it each time
+        self.bank_sizes_ = torch.tensor([len(g) for g in groups])  # rows a class, in bank order
+        # The searched rows and their tree follow from the bank: built when first needed, since
+        # streamed batches would otherwise re-cluster and rebuild them after every batch.
+        self._searched = self._tree = None
+
+    def prototypes(self) -> torch.Tensor:
+        """The rows a query is compared with: the bank, or each class's k-means centroids."""
+        if getattr(self, "_searched", None) is None:
+            groups = self.bank_.split(self.bank_sizes_.tolist())
+            if self.centroids:
+                groups = [self._centres(rows, j) for j, rows in enumerate(groups)]
+            self._searched = torch.cat(groups)
+        return self._searched
 
     def _centres(self, rows: torch.Tensor, group: int) -> torch.Tensor:
         """A class's bank rows reduced to ``centroids`` unit-length k-means centres."""
@@ -523,9 +535,10 @@ class KNN(StreamingDetector):
         return nn.functional.normalize(torch.from_numpy(centres).float(), dim=1)
 
     def _score(self, outputs: PixelOutputs) -> torch.Tensor:
-        if len(self.bank_) < self.k:
+        bank = self.prototypes()
+        if len(bank) < self.k:
             raise ValueError(
-                f"the KNN bank holds {len(self.bank_)} training pixels, fewer than k = {self.k}: "
+                f"the KNN bank holds {len(bank)} rows, fewer than k = {self.k}: "
                 "lower k or annotate more pixels"
             )
         q = nn.functional.normalize(outputs.features.float(), dim=1)
@@ -534,10 +547,10 @@ class KNN(StreamingDetector):
             if getattr(self, "_tree", None) is None:
                 # The tree holds the bank in its principal axes: a rotation keeps every distance,
                 # and splits along the axes of most variance prune more (1.3-1.5x faster here).
-                bank = self.bank_.double()
-                self._centre = bank.mean(0)
-                self._axes = torch.linalg.eigh(torch.cov(bank.T, correction=0)).eigenvectors.flip(1)
-                self._tree = cKDTree(((bank - self._centre) @ self._axes).numpy())
+                rows = bank.double()
+                self._centre = rows.mean(0)
+                self._axes = torch.linalg.eigh(torch.cov(rows.T, correction=0)).eigenvectors.flip(1)
+                self._tree = cKDTree(((rows - self._centre) @ self._axes).numpy())
             dist, _ = self._tree.query(
                 ((q.double() - self._centre) @ self._axes).numpy(),
                 k=[self.k],
@@ -545,7 +558,7 @@ class KNN(StreamingDetector):
                 workers=torch.get_num_threads(),
             )
             return -(torch.from_numpy(dist[:, 0]) ** 2) / 2  # cos - 1 = -|a - b|^2 / 2
-        kth = [(c @ self.bank_.T).topk(self.k, dim=1).values[:, -1] for c in q.split(self.chunk)]
+        kth = [(c @ bank.T).topk(self.k, dim=1).values[:, -1] for c in q.split(self.chunk)]
         return torch.cat(kth).double() - 1
 
 
