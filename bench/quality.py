@@ -90,6 +90,12 @@ GRID: list[tuple[str, str, str, list[str]]] = [
     ),
     ("es-nnpu50", "es", "nnPU head (joint), prior 0.5", [*QUICK, *EPOCHS30, *NNPU]),
     (
+        "es-ignore",
+        "es",
+        "the previous default: unlabelled pixels ignored, cross-entropy only (no baselines)",
+        [*QUICK, "--unlabelled", "ignore"],
+    ),
+    (
         "ip-pca30",
         "ip",
         "spectral PCA input, 30 components",

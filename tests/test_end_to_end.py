@@ -39,6 +39,9 @@ def test_outputs_have_every_fold_and_detector(run):
     assert {"dataset", "protocols", "config", "versions", "seconds", "credit"} <= set(res)
     assert res["dataset"] == "indian_pines" and list(res["protocols"]) == ["loco"]
     assert "Baumgardner" in res["credit"]
+    # No declared background: the paper's training (--unlabelled auto) and the default detectors.
+    assert res["config"]["train"]["unlabelled"] == "ignore"
+    assert tuple(res["config"]["detectors"]) == DEFAULT_DETECTORS
     loco = res["protocols"]["loco"]
     assert len(loco["folds"]) == len(FOLDS) * len(DEFAULT_DETECTORS)
     assert {r["held_out"] for r in loco["folds"]} == set(FOLDS)

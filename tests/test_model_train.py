@@ -382,6 +382,19 @@ def test_known_head_scores_are_the_head_outputs_and_need_the_head():
         pu.score(PixelOutputs(forward.logits.flatten(1).T, forward.features.flatten(1).T))
 
 
+def test_auto_unlabelled_takes_nnpu_on_rgb_images_with_declared_background():
+    auto = TrainConfig()
+    assert auto.unlabelled == "auto"
+    assert auto.resolved(True, 3).unlabelled == "nnpu" and auto.resolved(True, 3).known_head
+    for background, bands in ((False, 3), (True, 200), (False, 200)):
+        assert auto.resolved(background, bands).unlabelled == "ignore"
+    for explicit in ("ignore", "nnpu", "nnpu-head"):
+        config = TrainConfig(unlabelled=explicit)
+        assert config.resolved(True, 3) is config and config.resolved(False, 200) is config
+    with pytest.raises(ValueError, match="depends on the data"):
+        _ = auto.known_head
+
+
 def test_uniform_patches_reach_pixels_far_from_any_annotation():
     """With a PU head half the patches are placed uniformly: they cover the whole image, where
     anchored patches stay around the annotated corner."""

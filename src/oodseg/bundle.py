@@ -292,7 +292,7 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 def train(
     data: ImageDataset,
     *,
-    detector: str = "gen",
+    detector: str | None = None,
     tpr: float = 0.95,
     threshold: str = DEFAULT_RULE,
     config: TrainConfig | None = None,
@@ -306,15 +306,17 @@ def train(
     unlabelled pixels (``pu``): the ``val`` images' if the data set has some, else a seeded
     ``calibration_share`` of each class's strokes (connected components; at least one of a
     class's strokes once it has two), held out of training. With ``checkpoint_dir``, training checkpoints every epoch and ``resume`` continues
-    from there. Mask pixels of the data set's ``ood`` values are never trained on."""
+    from there. Mask pixels of the data set's ``ood`` values are never trained on.
+    ``detector`` None: pu where the network learns the PU head (``config.unlabelled`` auto on RGB
+    images whose data declare background), else gen."""
     config = config or TrainConfig()
-    if detector not in DETECTORS:
+    if detector is not None and detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; choose from: {', '.join(DETECTORS)}")
     if not 0 < tpr < 1:
         raise ValueError(f"target TPR must be strictly between 0 and 1, got {tpr}")
     if threshold not in RULES:
         raise ValueError(f"unknown threshold rule {threshold!r}; choose one of: {', '.join(RULES)}")
-    if detector == "pu" and not config.known_head:
+    if detector == "pu" and config.unlabelled == "ignore":
         raise ValueError("the pu detector needs --unlabelled nnpu (or nnpu-head)")
     if not 0 < calibration_share < 1:
         raise ValueError(f"calibration share must be in (0, 1), got {calibration_share}")
@@ -322,6 +324,13 @@ def train(
     samples = read_all(data, "train")
     masks = [np.where(s.mask <= k, s.mask, 0).astype(np.uint8) for s in samples]
     bands = samples[0].image.shape[-1]
+    config = config.resolved(bool(data.ood), bands)
+    detector = detector or ("pu" if config.known_head else "gen")
+    if detector == "pu" and not config.known_head:
+        raise ValueError(
+            "the pu detector needs --unlabelled nnpu (or nnpu-head): --unlabelled auto trains "
+            "the PU head only on RGB images whose data declare background"
+        )
     if data.split("val"):
         val = read_all(data, "val", bands)
         empty = [np.zeros_like(m) for m in masks]

@@ -66,9 +66,11 @@ LogitnormTemperature = Annotated[float, typer.Option(help="Temperature of the Lo
 Unlabelled = Annotated[
     str,
     typer.Option(
-        help="Unlabelled pixels: ignore (the paper: no loss), nnpu (a known-vs-unknown head "
-        "trained with the non-negative PU risk, through the whole network; adds the pu "
-        "detector) or nnpu-head (the same head on the features of a CE-trained network)."
+        help="Unlabelled pixels: auto (nnpu for RGB images whose data declare background, else "
+        "ignore), "
+        "ignore (the paper: no loss), nnpu (a known-vs-unknown head trained with the "
+        "non-negative PU risk, through the whole network; adds the pu detector) or nnpu-head "
+        "(the same head on the features of a CE-trained network)."
     ),
 ]
 PuPrior = Annotated[
@@ -233,9 +235,14 @@ def crossval_command(
             help="Also train each fold's fully supervised baseline (on the dense labels)."
         ),
     ] = True,
-    detectors: Annotated[str, typer.Option(help="Comma-separated detector names.")] = ",".join(
-        DEFAULT_DETECTORS
-    ),
+    detectors: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated detector names (default: "
+            + ",".join(DEFAULT_DETECTORS)
+            + "; pu first where the network has the PU head)."
+        ),
+    ] = None,
     tpr: Tpr = 0.95,
     threshold: Threshold = DEFAULT_RULE,
     annotation: Annotated[
@@ -304,7 +311,7 @@ def crossval_command(
             dataset="data" if own else dataset,
             data_root=str(data_root) if data_root else None,
             protocols=_csv(protocols),
-            detectors=_csv(detectors) or (),
+            detectors=None if detectors is None else _csv(detectors) or (),
             classes=_csv(hold_out),
             tpr=tpr,
             threshold=threshold,
@@ -417,7 +424,12 @@ def train_command(
     masks: Masks = None,
     classes: Classes = None,
     ignore: Ignore = None,
-    detector: Annotated[str, typer.Option(help="OOD detector stored with the model.")] = "gen",
+    detector: Annotated[
+        str | None,
+        typer.Option(
+            help="OOD detector stored with the model (default: pu with a PU head, else gen)."
+        ),
+    ] = None,
     tpr: Tpr = 0.95,
     threshold: Threshold = DEFAULT_RULE,
     preset: Preset = "small",
@@ -465,7 +477,7 @@ def train_command(
         _new_folder(out, overwrite)
         if resume and not (checkpoints / "last.ckpt").is_file():
             raise ValueError(f"nothing to resume: {checkpoints / 'last.ckpt'} does not exist")
-        if detector not in DETECTORS:
+        if detector is not None and detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}; choose from: {', '.join(DETECTORS)}")
         if not 0 < tpr < 1:
             raise ValueError(f"target TPR must be strictly between 0 and 1, got {tpr}")

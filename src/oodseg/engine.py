@@ -28,7 +28,7 @@ import torch
 from rich.progress import Progress
 
 from oodseg.datasets import BandNormaliser
-from oodseg.detectors import LogitDetector, PixelOutputs, make_detector
+from oodseg.detectors import KnownHead, LogitDetector, PixelOutputs, make_detector
 from oodseg.distributed import gather_by_image, my_images
 from oodseg.inference import Forward, Inference, Predictor, Scorer
 from oodseg.metrics import ScoreTally, confusion_matrix, segmentation_from_confusion
@@ -88,6 +88,11 @@ class Collection:
     def counts(self) -> dict[str, np.ndarray]:
         """Role -> (256,) pixel counts per mask value, over all samples."""
         return {role: c.sum(0) for role, c in self.per_sample.items()}
+
+    @property
+    def declares_background(self) -> bool:
+        """Whether the test truth holds declared background pixels (the background protocol)."""
+        return bool(self.counts["truth"][BACKGROUND] > 0)
 
     def ids(self, role: str) -> list[int]:
         """The samples holding ``role`` (``train``, ``calibration``, ``truth``, ``dense``)."""
@@ -209,6 +214,7 @@ def train_network(
     weights in every fold; with ``config.ensemble`` > 1, that many networks as one
     :class:`Ensemble`). ``dense`` trains on the dense labels instead of the strokes, and
     ``background_class`` adds the background as a last class (the fully supervised baseline)."""
+    config = config.resolved(collection.declares_background, collection.bands)
     k = len(known)
     table = np.full(256, IGNORE, np.int64)
     table[list(known)] = np.arange(k)
@@ -635,8 +641,10 @@ def run_fold(
         progress=progress,
     )
     rows, figures = fold_rows(collection, fold, tallies, closed, fitted)
+    # The dense baseline learns no known-vs-unknown head: its map takes the first other detector.
+    dense_detector = next((d for d in detectors if d != KnownHead.name), "gen")
     full = (
-        fully_supervised(collection, fold, config, detectors[0], tpr, rule, progress=progress)
+        fully_supervised(collection, fold, config, dense_detector, tpr, rule, progress=progress)
         if baseline
         else None
     )

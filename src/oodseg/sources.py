@@ -357,5 +357,4 @@ def folds(
 
 def available_protocols(collection: Collection) -> tuple[str, ...]:
     """``background`` where the collection's test truth holds background pixels, and ``loco``."""
-    has_background = collection.counts["truth"][BACKGROUND] > 0
-    return ("background", "loco") if has_background else ("loco",)
+    return ("background", "loco") if collection.declares_background else ("loco",)
