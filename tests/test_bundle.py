@@ -599,38 +599,49 @@ def test_bf16_and_channels_last_prediction_agree_with_float32(bundle_dir, crops)
         bundle.predict(crops[1][0], precision="fp8")
 
 
-def test_two_endoscapes_frames_train_save_reload_and_predict_bit_identical(shared_data, tmp_path):
-    """RGB frames read from the shared data (never copied into the project): JPEG images, PNG
-    sparse masks (strokes from the dense masks; background = unlabelled), matched by stem."""
+ENDOSCAPES_FRAMES = ["100_27925", "100_28675"]
+TINY = TrainConfig(epochs=1, patches_per_epoch=8, batch_size=4, device="cpu")
+
+
+def endoscapes_frames(shared_data, folder, *, background: bool = False):
+    """Two Endoscapes frames as a user's folders (never copied into the project): JPEG images,
+    PNG sparse masks of strokes drawn from the dense masks, matched by stem; ``background``: the
+    annotators stroked the background too, under a declared value."""
     root = shared_data / "endoscapes_seg50"
     if not root.is_dir():
         pytest.skip(f"{root} is absent: Endoscapes-Seg50 is not beside this checkout")
-    names = ["100_27925", "100_28675"]
-    (tmp_path / "images").mkdir()
-    (tmp_path / "masks").mkdir()
-    dense = [np.asarray(Image.open(root / "semseg" / f"{n}.png")) for n in names]
+    (folder / "images").mkdir()
+    (folder / "masks").mkdir()
+    dense = [np.asarray(Image.open(root / "semseg" / f"{n}.png")) for n in ENDOSCAPES_FRAMES]
     present = sorted(set(np.unique(dense[0])) & set(np.unique(dense[1])) - {0, 255})
-    for n, mask in zip(names, dense, strict=True):
-        (tmp_path / "images" / f"{n}.jpg").write_bytes(
-            (root / "train_seg" / f"{n}.jpg").read_bytes()
-        )
+    declared = len(present) + 1
+    for n, mask in zip(ENDOSCAPES_FRAMES, dense, strict=True):
+        (folder / "images" / f"{n}.jpg").write_bytes((root / "train_seg" / f"{n}.jpg").read_bytes())
         classes = np.zeros_like(mask)
         for k, c in enumerate(present, start=1):
             classes[mask == c] = k
+        if background:
+            classes[mask == 0] = declared
         strokes = simulate_annotations(classes.astype(np.int64), budget=0.02, stroke_length=40)
-        Image.fromarray(strokes.labels.astype(np.uint8)).save(tmp_path / "masks" / f"{n}.png")
+        Image.fromarray(strokes.labels.astype(np.uint8)).save(folder / "masks" / f"{n}.png")
     label_map = dict(
         line.rsplit(" ", 1)[::-1]
         for line in (root / "seg_label_map.txt").read_text().split("\n")
         if line
     )
-    data = from_folders(
-        tmp_path / "images", tmp_path / "masks", tuple(label_map[str(c)] for c in present)
+    names = tuple(label_map[str(c)] for c in present)
+    return from_folders(
+        folder / "images", folder / "masks", names, background=(declared,) if background else ()
     )
+
+
+def test_two_endoscapes_frames_train_save_reload_and_predict_bit_identical(shared_data, tmp_path):
+    """RGB frames with no declared background: the paper's training and GEN by default."""
+    data = endoscapes_frames(shared_data, tmp_path)
+    names = ENDOSCAPES_FRAMES
     torch.manual_seed(0)
-    bundle = train(
-        data, config=TrainConfig(epochs=1, patches_per_epoch=8, batch_size=4, device="cpu")
-    )
+    bundle = train(data, config=TINY)
+    assert bundle.info["train"]["unlabelled"] == "ignore" and bundle.detector.name == "gen"
     bundle.save(tmp_path / "model")
     frame = tmp_path / "images" / f"{names[0]}.jpg"
     labels, scores = bundle.predict(read_image(frame))
@@ -651,6 +662,21 @@ def test_two_endoscapes_frames_train_save_reload_and_predict_bit_identical(share
     np.testing.assert_array_equal(maps.labels, labels)
     layer = Layer("model", maps.classes, maps.scores, bundle.threshold)
     check_viewer(out / f"{names[0]}_viewer.html", layer, (480, 854), 1_500_000)
+
+
+def test_frames_with_declared_background_train_the_pu_head_by_default(shared_data, tmp_path):
+    """RGB images whose data declare background: --unlabelled auto trains the nnPU head, and the
+    bundle's detector is its logit (pu), saved and reloaded with it."""
+    data = endoscapes_frames(shared_data, tmp_path, background=True)
+    torch.manual_seed(0)
+    bundle = train(data, config=TINY)
+    assert bundle.info["train"]["unlabelled"] == "nnpu" and bundle.detector.name == "pu"
+    frame = read_image(tmp_path / "images" / f"{ENDOSCAPES_FRAMES[0]}.jpg")
+    labels, scores = bundle.predict(frame)
+    again = load_bundle(bundle.save(tmp_path / "model"))
+    assert again.net.known_head is not None and again.detector.name == "pu"
+    np.testing.assert_array_equal(again.predict(frame)[1], scores)
+    assert np.isfinite(scores).all() and labels.shape == (480, 854)
 
 
 def test_every_option_that_shapes_prediction_travels_with_the_bundle(dataset, crops, tmp_path):

@@ -331,9 +331,10 @@ def read_all(data: ImageDataset, split: str = "train", bands: int | None = None)
         counts = np.bincount(
             np.concatenate([s.mask.ravel() for s in samples]), minlength=len(data.class_names) + 1
         )
-        if counts[1:].sum() == 0:
+        classes = counts[1 : len(data.class_names) + 1]  # beyond: declared background values
+        if classes.sum() == 0:
             raise ValueError("the data set has no annotated pixel (every mask is 0 / ignore)")
-        empty = [n for n, c in zip(data.class_names, counts[1:], strict=True) if c == 0]
+        empty = [n for n, c in zip(data.class_names, classes, strict=True) if c == 0]
         if empty:
             raise ValueError(
                 f"no annotated pixel of class {', '.join(empty)} in the training masks"
