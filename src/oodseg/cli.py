@@ -67,8 +67,7 @@ Unlabelled = Annotated[
     str,
     typer.Option(
         help="Unlabelled pixels: auto (nnpu for RGB images whose data declare background, else "
-        "ignore), "
-        "ignore (the paper: no loss), nnpu (a known-vs-unknown head trained with the "
+        "ignore), ignore (the paper: no loss), nnpu (a known-vs-unknown head trained with the "
         "non-negative PU risk, through the whole network; adds the pu detector) or nnpu-head "
         "(the same head on the features of a CE-trained network)."
     ),

@@ -458,7 +458,7 @@ class KNN(StreamingDetector):
     by that many spherical k-means centroids (scipy's k-means++, seeded; re-normalised), and with
     the default k = 1 the score is the cosine to the nearest prototype: on Indian Pines (16 folds)
     and Endoscapes this ranked OOD better than the exact 10th neighbour (mean AUROC 0.769 -> 0.802,
-    0.546 -> 0.558) at a quarter of its cost. ``centroids=0, k=10`` is the published detector.
+    0.546 -> 0.558) at about a fifth of its cost. ``centroids=0, k=10`` is the published detector.
     ``search="kdtree"`` finds the exact neighbours with scipy's k-d tree on the unit vectors
     (Euclidean and cosine order agree there), 2-4x faster than ``"brute"`` on the low-dimensional
     decoder features; ``"brute"`` takes one matrix product per chunk of ``chunk`` queries, the
