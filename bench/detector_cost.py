@@ -110,7 +110,9 @@ def main() -> None:
     row = f"{cost / forward:.2f} | {cost / forward_reference:.2f}"
     print(f"| knn, exact bank, tree on the unrotated bank | {1e3 * cost / mp:.0f} | {row} |")
     # The default knn's fit and its one-off k-means at first score (the tree is built then too).
-    build = median_seconds(lambda: make_detector("knn").fit(train, labels).prototypes(), 3)
+    build = median_seconds(
+        lambda: make_detector("knn").fit(train, labels).prototypes(), args.repeats
+    )
     print(f"\nknn's fit and k-means of a {len(labels)}-pixel bank: {1e3 * build:.0f} ms")
 
 

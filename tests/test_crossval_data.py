@@ -82,7 +82,7 @@ def test_hyperspectral_collection_runs_both_protocols(hsi_run):
     assert res["credit"] == "" and "the manifest's split" in res["description"]
     assert list(res["protocols"]) == ["background", "loco"]
     # Declared background, but hyperspectral: --unlabelled auto keeps the paper's training (the PU
-    # head inverted this background: best AUROC 0.74 -> 0.24 at 60 epochs).
+    # head inverted this background: best AUROC 0.74 -> 0.24 at 60 epochs, PU weight 1).
     assert res["config"]["train"]["unlabelled"] == "ignore"
     background, loco = res["protocols"]["background"], res["protocols"]["loco"]
     assert [r["held_out"] for r in background["folds"]] == ["background", "background"]

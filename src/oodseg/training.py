@@ -66,8 +66,8 @@ class TrainConfig:
     # RGB frames the unlabelled pixels are then largely the background to flag, and the PU head
     # ranked it best (Endoscapes: best AUROC 0.786 -> 0.866; vocal folds, intubation declared
     # background: 0.745 -> 0.897, with pu_weight 2); on hyperspectral data it lost (Indian Pines
-    # crops with declared background: 0.74 -> 0.24, inverted; the Indian Pines scene: GEN 0.851
-    # -> 0.834; docs/lever_screen.md). See :meth:`resolved`.
+    # crops with declared background: 0.74 -> 0.24, inverted, at weight 1; the Indian Pines
+    # scene: GEN 0.851 -> 0.834; docs/lever_screen.md). See :meth:`resolved`.
     unlabelled: str = "auto"
     pu_prior: float = 0.5  # share of known-class pixels among the unlabelled ones, for the risk
     # Weight of the PU risk next to the cross-entropy. 2 over 1: Endoscapes (1/2, background) pu
