@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from oodseg.annotate import simulate_annotations, stroke_at  # noqa: E402
+from oodseg.crossval import DEFAULT_DETECTORS  # noqa: E402
 from oodseg.datasets import IGNORE_LABEL, endoscapes_items, load_dataset  # noqa: E402
 from oodseg.engine import (  # noqa: E402
     BACKGROUND,
@@ -67,9 +68,6 @@ from oodseg.suggest import class_margin, suggest_regions  # noqa: E402
 from oodseg.training import TrainConfig  # noqa: E402
 
 ENDOSCAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "endoscapes_seg50"
-# The defaults' detector: pu where the network has the PU head (Endoscapes, whose data declare
-# background), GEN elsewhere, as ``oodseg crossval`` orders them.
-DETECTOR = {True: "pu", False: "gen"}
 START_BUDGET = {"ip": 0.01, "es": 0.005}
 ROUND_PIXELS = {"ip": 120, "es": 1500}
 STROKE = {"ip": 12, "es": 40}
@@ -167,7 +165,8 @@ def endoscapes(max_frames: int, seed: int) -> World:
 def train_and_fit(world: World, fold: Fold, strokes, config: TrainConfig) -> FittedScorer:
     collection = world.collection(strokes, world.test)
     net = train_network(collection, fold.known, config, progress=False)
-    detector = DETECTOR[net.known_head is not None]
+    # The defaults' detector, as ``oodseg crossval`` orders them: pu where the PU head was trained.
+    detector = "pu" if net.known_head is not None else DEFAULT_DETECTORS[0]
     return fit_scorer(
         collection, net, fold.known, [detector], 0.95, Inference.of(config), ood=fold.ood
     )
