@@ -290,10 +290,12 @@ def mean_curve(folds: list[dict]) -> dict[str, np.ndarray]:
 
 
 def pixels_to_reach(curve: dict[str, np.ndarray], target: float) -> float | None:
-    """Added pixels at which ``curve`` first reaches ``target`` AUROC (linear interpolation)."""
+    """Added pixels at which ``curve`` first reaches ``target`` AUROC (linear interpolation), or
+    None where it never does. The start is not a candidate: both arms share it, so a target at or
+    below it (the random strokes ending no higher than they began) measures nothing."""
     added, auroc = curve["pixels"] - curve["pixels"][0], curve["auroc"]
     if auroc[0] >= target:
-        return 0.0
+        raise ValueError(f"the target AUROC {target:.3f} is not above the start {auroc[0]:.3f}")
     for j in range(1, len(auroc)):
         if auroc[j] >= target:
             f = (target - auroc[j - 1]) / (auroc[j] - auroc[j - 1])
@@ -352,7 +354,8 @@ def main() -> None:
     metrics = (("auroc", "AUROC"), ("id_accuracy", "ID accuracy"), ("miou_k_plus_1", "K+1 mIoU"))
     for row, res in zip(axes, results.values(), strict=True):
         means = {arm: mean_curve(res["curves"][arm]) for arm in ARMS}
-        reach = pixels_to_reach(means["suggested"], means["random"]["auroc"][-1])
+        target, start = means["random"]["auroc"][-1], means["suggested"]["auroc"][0]
+        reach = pixels_to_reach(means["suggested"], target) if target > start else None
         added = means["random"]["pixels"][-1] - means["random"]["pixels"][0]
         res["share_of_random_pixels"] = None if reach is None else reach / added
         print(f"\n{res['name']} ({', '.join(res['folds'])}; {res.get('detector', 'gen')}; "
@@ -366,10 +369,13 @@ def main() -> None:
                 print(f"| {r} | {arm} | {m['pixels'][r]:.0f} | {m['auroc'][r]:.3f} | "
                       f"{m['id_accuracy'][r]:.3f} | {m['miou_k_plus_1'][r]:.3f} | "
                       f"{m['ood_recall'][r]:.3f} |")  # fmt: skip
-        shown = "not reached" if reach is None else f"{reach / added:.0%}"
-        print(f"\nsuggested strokes reach the random strokes' final AUROC "
-              f"({means['random']['auroc'][-1]:.3f}) with {shown} of their {added:.0f} added "
-              "pixels (target <= 60 %)")  # fmt: skip
+        if target <= start:
+            print(f"\nthe random strokes end at AUROC {target:.3f}, no higher than the start "
+                  f"({start:.3f}): the share of their added pixels is undefined")  # fmt: skip
+        else:
+            shown = "not reached" if reach is None else f"{reach / added:.0%}"
+            print(f"\nsuggested strokes reach the random strokes' final AUROC ({target:.3f}) "
+                  f"with {shown} of their {added:.0f} added pixels (target <= 60 %)")  # fmt: skip
         for ax, (metric, label) in zip(row, metrics, strict=True):
             for arm, style in zip(ARMS, ("o-", "s--"), strict=True):
                 ax.plot(means[arm]["pixels"], means[arm][metric], style, label=arm)
