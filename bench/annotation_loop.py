@@ -2,7 +2,7 @@
 strokes drawn at random places, for the same number of annotated pixels?
 
     .venv/bin/python bench/annotation_loop.py [--data ip,es] [--rounds 3] [--folds Woods,Corn]
-        [--seeds 0] [--out docs/annotation_loop]
+        [--seeds 0] [--out docs/annotation_loop] [--replot]
 
 * Indian Pines, scene protocol, leave-one-class-out folds (``--folds``): strokes on 1 % of each
   class's pixels to start with (a quarter of them calibrate the threshold, fixed), each round adds
@@ -29,7 +29,7 @@ Prints a table per data set (mean over folds and seeds) and the share of the ran
 pixels the suggested arm needed to reach the random arm's final mean AUROC (linear interpolation
 along its curve; target: at most 60 %); writes ``OUT.json`` (a data set run again replaces its
 entry, or adds to it when its seeds are new, the others are kept) and ``OUT.png`` from every
-entry.
+entry. ``--replot`` trains nothing: it redraws ``OUT.png`` and reprints the tables from ``OUT.json``.
 """
 
 from __future__ import annotations
@@ -312,14 +312,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--out", type=Path, default=Path("docs/annotation_loop"))
+    parser.add_argument("--replot", action="store_true", help="from OUT.json, training nothing")
     args = parser.parse_args()
-    keys = args.data.split(",")
+    keys = [] if args.replot else args.data.split(",")
     if not set(keys) <= {"ip", "es"} or args.rounds < 1:
         raise SystemExit("--data takes ip and/or es, --rounds at least 1")
     if "es" in keys and not ENDOSCAPES.is_dir():
         raise SystemExit(f"{ENDOSCAPES}: Endoscapes-Seg50 not found")
     seeds = [int(v) for v in args.seeds.split(",")]
     path = args.out.with_suffix(".json")
+    if args.replot and not path.is_file():
+        raise SystemExit(f"{path}: no results to redraw")
     results = json.loads(path.read_text()) if path.is_file() else {}
     for key in keys:
         runs = []

@@ -91,8 +91,8 @@ def separation(
     counts per group of tied scores, highest score first, and the thinned ROC curve.
 
     Each area is a sum over the groups (a trapezoid, or AP's step, as wide as the group's share of
-    one side), so one pass over the cumulative counts, chunk by chunk, gives them all. The counts
-    are summed in float64: exact for integer counts below 2^53."""
+    one side), so one pass over the cumulative counts, chunk by chunk, gives them all. The cumulative
+    counts are float64, exact below 2^53."""
     n_pos, n_neg = float(np.sum(pos, dtype=np.float64)), float(np.sum(neg, dtype=np.float64))
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"need both ID and OOD scores, got {int(n_pos)} ID and {int(n_neg)} OOD")
@@ -111,8 +111,9 @@ def separation(
         seen = tps + fps
         auroc += 2 * float(q @ tps) - float(q @ p)  # q wide, (TP before + TP after) / 2 high
         precision = tps / seen
-        ap += float(p @ precision)
-        aupr_in += float(p @ precision) + float(p[1:] @ precision[:-1]) + float(p[0] * last_in)
+        step = float(p @ precision)  # AP's steps: each group's precision after it
+        ap += step
+        aupr_in += step + float(p[1:] @ precision[:-1]) + float(p[0] * last_in)
         # OOD positive: precision of the pixels below each group (none below the lowest: 1).
         below = (n_pos + n_neg) - seen
         with np.errstate(invalid="ignore", divide="ignore"):
