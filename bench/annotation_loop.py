@@ -29,7 +29,8 @@ Prints a table per data set (mean over folds and seeds) and the share of the ran
 pixels the suggested arm needed to reach the random arm's final mean AUROC (linear interpolation
 along its curve; target: at most 60 %); writes ``OUT.json`` (a data set run again replaces its
 entry, or adds to it when its seeds are new, the others are kept) and ``OUT.png`` from every
-entry. ``--replot`` trains nothing: it redraws ``OUT.png`` and reprints the tables from ``OUT.json``.
+entry. ``--replot`` trains nothing: it redraws ``OUT.png`` and reprints the tables from
+``OUT.json``.
 """
 
 from __future__ import annotations

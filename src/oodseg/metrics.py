@@ -49,8 +49,9 @@ def tie_groups(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, 
     scores, one search places the negatives among the positives, a linear merge of the two sorted
     runs finds the runs of equal values, and a block without ties (continuous scores) is counted
     without a reduction (``np.union1d`` and its two searches took about a third of the time at
-    3 x 10^7, ``np.add.reduceat`` over the runs another). Blocks are cut at every ``CHUNK``-th score of either side, so no run of ties
-    straddles two and the merge's temporaries stay small; the counts are int32 where they fit."""
+    3 x 10^7, ``np.add.reduceat`` over the runs another). Blocks are cut at every ``CHUNK``-th
+    score of either side, so no run of ties straddles two and the merge's temporaries stay small;
+    the counts are int32 where they fit."""
     pos, neg = _finite(positive), _finite(negative)
     if pos.size == 0 or neg.size == 0:
         raise ValueError(f"need both ID and OOD scores, got {pos.size} ID and {neg.size} OOD")
@@ -91,8 +92,8 @@ def separation(
     counts per group of tied scores, highest score first, and the thinned ROC curve.
 
     Each area is a sum over the groups (a trapezoid, or AP's step, as wide as the group's share of
-    one side), so one pass over the cumulative counts, chunk by chunk, gives them all. The cumulative
-    counts are float64, exact below 2^53."""
+    one side), so one pass over the cumulative counts, chunk by chunk, gives them all. The
+    cumulative counts are float64, exact below 2^53."""
     n_pos, n_neg = float(np.sum(pos, dtype=np.float64)), float(np.sum(neg, dtype=np.float64))
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"need both ID and OOD scores, got {int(n_pos)} ID and {int(n_neg)} OOD")
