@@ -315,6 +315,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/annotation_loop"))
     parser.add_argument("--replot", action="store_true", help="from OUT.json, training nothing")
     args = parser.parse_args()
+    if args.replot:
+        given = [
+            f"--{k.replace('_', '-')}"
+            for k in ("data", "rounds", "folds", "max_frames", "epochs", "seeds")
+            if getattr(args, k) != parser.get_default(k)
+        ]
+        if given:
+            raise SystemExit(f"--replot trains nothing: {', '.join(given)} would be ignored")
     keys = [] if args.replot else args.data.split(",")
     if not set(keys) <= {"ip", "es"} or args.rounds < 1:
         raise SystemExit("--data takes ip and/or es, --rounds at least 1")

@@ -1,16 +1,17 @@
 """Screen one lever fast: a few folds through the fold engine, mean AUROC per detector.
 
-    .venv/bin/python bench/lever_probe.py [--data ip|es] [--detectors gen,mahalanobis]
+    .venv/bin/python bench/lever_probe.py [--data ip|es|samson] [--detectors gen,mahalanobis]
         [--folds Woods,Corn] [--scale 0.25] [--baseline] [--rescore smooth=2,4,8 [--rescore ...]]
         [TrainConfig fields: --smooth=4 ...]
 
-Indian Pines (scene split): the six folds below by default, a subset of the 16 that covers large
-and small classes, so that a lever costs a few minutes; Endoscapes: the background protocol at
-``--scale``. Levers that pass the screen go to the full grid of ``bench/quality.py``. Any
-``--name=value`` left over is a ``TrainConfig`` field (its type taken from the default).
-``--rescore`` scores each fold's one network at every value of a scoring field (a mean per value);
-repeated, at every combination of their values. Means: AUROC (test TPR / OOD recall / K+1 mIoU at
-``--rule``'s threshold).
+Indian Pines (scene split): the six folds below by default (``--folds all``: the 16), a subset
+that covers large and small classes, so that a lever costs a few minutes; Endoscapes: the
+background protocol at ``--scale``; Samson: its three leave-one-class-out folds (those of
+``oodseg crossval --data``). Levers that pass the screen go to the full grid of
+``bench/quality.py``. Any ``--name=value`` left over is a ``TrainConfig`` field (its type taken
+from the default). ``--rescore`` scores each fold's one network at every value of a scoring field
+(a mean per value); repeated, at every combination of their values. Means: AUROC (test TPR / OOD
+recall / K+1 mIoU at ``--rule``'s threshold).
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ import numpy as np
 
 from oodseg.datasets import load_dataset
 from oodseg.engine import collect, run_fold, train_network
-from oodseg.sources import endoscapes_collection, folds, scene_collection
+from oodseg.manifest import load_manifest
+from oodseg.sources import dataset_collection, endoscapes_collection, folds, scene_collection
 from oodseg.threshold import RULES
 from oodseg.training import TrainConfig
 
-ENDOSCAPES = Path(__file__).resolve().parents[2] / "shared" / "data" / "endoscapes_seg50"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ENDOSCAPES = SHARED / "endoscapes_seg50"
+SAMSON = SHARED / "samson" / "samson.yaml"
 # What changes the scoring only: TrainConfig fields, the threshold rule and the tpr rule's target.
-SCORING = ("smooth", "tta", "rule", "tpr")
+SCORING = ("smooth", "smooth_classes", "tta", "rule", "tpr")
 RUN_FIELDS = ("rule", "tpr")
 POINT = ("auroc", "test_tpr", "ood_recall", "miou_k_plus_1")  # what the means are taken of
 IP_FOLDS = "Woods,Corn-notill,Hay-windrowed,Soybean-mintill,Grass-pasture,Corn"
@@ -50,7 +54,7 @@ def train_config(pairs: list[str]) -> TrainConfig:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", choices=("ip", "es"), default="ip")
+    parser.add_argument("--data", choices=("ip", "es", "samson"), default="ip")
     parser.add_argument("--detectors", default="gen,mahalanobis")
     parser.add_argument("--folds", default=IP_FOLDS)
     parser.add_argument("--scale", type=float, default=0.25)
@@ -91,10 +95,14 @@ def main() -> None:
             )
     if args.data == "ip":
         source = scene_collection(load_dataset("indian_pines"), "scene")
-        protocol, names = "loco", args.folds.split(",")
-    else:
+        protocol = "loco"
+        names = None if args.folds == "all" else args.folds.split(",")
+    elif args.data == "es":
         source = endoscapes_collection(ENDOSCAPES, scale=args.scale)
         protocol, names = "background", None
+    else:
+        source = dataset_collection(load_manifest(SAMSON), source=str(SAMSON))
+        protocol, names = "loco", None
     collection = collect(source, input_pca=config.input_pca)
     chosen, _ = folds(collection, [protocol], names)
     detectors = args.detectors.split(",")

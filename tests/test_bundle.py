@@ -4,6 +4,7 @@ process -> bit-identical predictions, the CLI, and every bad input with nothing 
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -680,9 +681,9 @@ def test_frames_with_declared_background_train_the_pu_head_by_default(shared_dat
 
 
 def test_every_option_that_shapes_prediction_travels_with_the_bundle(dataset, crops, tmp_path):
-    """A known-vs-unknown head (nnPU), the PU threshold rule, flip TTA, score smoothing, a
-    spectral PCA input, a spectral stem and an ensemble of two networks: saved, reloaded and
-    predicting the same maps, from the bundle alone."""
+    """A known-vs-unknown head (nnPU), the PU threshold rule, flip TTA, score and class
+    smoothing, a spectral PCA input, a spectral stem and an ensemble of two networks: saved,
+    reloaded and predicting the same maps, from the bundle alone."""
     config = TrainConfig(
         epochs=2,
         patches_per_epoch=8,
@@ -691,6 +692,7 @@ def test_every_option_that_shapes_prediction_travels_with_the_bundle(dataset, cr
         unlabelled="nnpu",
         tta="flip",
         smooth=1.5,
+        smooth_classes=3.0,
         input_pca=16,
         stem=8,
         ensemble=2,
@@ -701,7 +703,8 @@ def test_every_option_that_shapes_prediction_travels_with_the_bundle(dataset, cr
     assert bundle.threshold_rule == "pu" and 0 < bundle.id_share < 1
     out = bundle.save(tmp_path / "model")
     again = load_bundle(out)
-    assert (again.tta, again.smooth, again.threshold_rule) == ("flip", 1.5, "pu")
+    assert (again.tta, again.smooth, again.smooth_classes) == ("flip", 1.5, 3.0)
+    assert again.threshold_rule == "pu"
     assert again.net.stem.out_channels == 8 and len(again.net.members) == 2
     np.testing.assert_array_equal(again.normaliser.projection, bundle.normaliser.projection)
     cube = crops[1][0]
@@ -709,6 +712,10 @@ def test_every_option_that_shapes_prediction_travels_with_the_bundle(dataset, cr
     labels2, scores2 = again.predict(cube)
     np.testing.assert_array_equal(labels, labels2)
     np.testing.assert_array_equal(scores, scores2)
+    # The stored class smoothing is the one applied: without it the classes are the raw arg-max.
+    raw, scores3 = replace(again, smooth_classes=0.0).predict(cube)
+    np.testing.assert_array_equal(scores3, scores)
+    assert 0 < ((raw != labels) & (labels > 0)).mean() < 0.5
     # The PU rule flags the estimated OOD share of the calibration image's unlabelled pixels.
     cal_cube, _, strokes = crops[2]
     _, cal_scores = bundle.predict(cal_cube)

@@ -43,6 +43,7 @@ def run(tmp_path, *args):
         (["--detectors", "gen,pu"], "the pu detector reads the known-vs-unknown head"),
         (["--tta", "rot45"], "unknown test-time augmentation 'rot45'"),
         (["--smooth", "-1"], "--smooth is a standard deviation"),
+        (["--smooth-classes", "-0.5"], "--smooth-classes is a standard deviation"),
         (["--input-pca", "-1"], "--input-pca is a number of components, 0 or more"),
         (["--stem", "-2"], "--stem is a number of channels, 0 or more"),
         (["--dropout", "1"], "--dropout is a rate in [0, 1)"),

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from oodseg.datasets import BandNormaliser
-from oodseg.inference import Inference, Predictor
+from oodseg.inference import Forward, Inference, Predictor
 from oodseg.model import Ensemble, build_network, load_matching_weights
 from oodseg.training import IGNORE, PatchDataset, TrainConfig, _batch, fit
 
@@ -406,6 +406,25 @@ def test_uniform_patches_reach_pixels_far_from_any_annotation():
     seen = lambda ds: sum(int((ds[i][1] >= 0).any()) for i in range(len(ds)))  # noqa: E731
     assert seen(anchored) == 200
     assert 60 < seen(mixed) < 140
+
+
+def test_class_smoothing_takes_the_neighbours_class_and_keeps_wide_regions():
+    """Two fields (columns 0-19: class 0, 20-39: class 2) and one stray pixel leaning to class 1
+    inside the first: smoothed with sigma 2, the stray pixel takes its field's class and every
+    pixel three or more away from the border keeps its own; unsmoothed, it is the arg-max."""
+    logits = torch.zeros(3, 40, 40)
+    logits[0, :, :20] = 2.0
+    logits[2, :, 20:] = 2.0
+    logits[1, 10, 10] = 4.0
+    forward = Forward(torch.zeros(1, 1, 40, 40), logits, torch.zeros(1, 40, 40))
+    raw = forward.classes()
+    np.testing.assert_array_equal(raw, logits.argmax(0).numpy())
+    assert raw[10, 10] == 1
+    smooth = forward.classes(2.0)
+    assert smooth[10, 10] == 0
+    truth = np.where(np.arange(40) < 20, 0, 2)[None].repeat(40, 0)
+    far = np.abs(np.arange(40) - 19.5)[None].repeat(40, 0) >= 3
+    np.testing.assert_array_equal(smooth[far], truth[far])
 
 
 @pytest.mark.parametrize("tta,views", [("flip", 4), ("dihedral", 8)])

@@ -69,6 +69,7 @@ class Bundle:
     id_share: float | None = None  # BBE's estimate of the ID share among unlabelled pixels
     tta: str = "none"  # test-time augmentation the threshold was calibrated with
     smooth: float = 0.0  # score-map smoothing the threshold was calibrated with
+    smooth_classes: float = 0.0  # class-probability smoothing before the arg-max
 
     @property
     def bands(self) -> int:
@@ -114,7 +115,9 @@ class Bundle:
         larger than memory works; each strip goes through MONAI's sliding window in windows as
         tall as the strip and at most ``tile`` wide (overlapping by a quarter only where the
         strip is wider). ``precision="bf16-mixed"`` and ``channels_last`` are for GPUs."""
-        run = Inference(device, tile, precision, channels_last, self.tta, self.smooth)
+        run = Inference(
+            device, tile, precision, channels_last, self.tta, self.smooth, self.smooth_classes
+        )
         if image.ndim != 3 or image.shape[-1] != self.bands:
             raise ValueError(
                 f"{source}: expected (H, W, {self.bands}) for this model, got shape {image.shape}"
@@ -128,13 +131,13 @@ class Bundle:
         )
         # The margin also covers the smoothing's reach (scipy truncates the Gaussian at 4 sigma),
         # so that a strip's scores are those of the whole image.
-        pad = max(tile // 16, int(np.ceil(4 * self.smooth)))
+        pad = max(tile // 16, int(np.ceil(4 * max(self.smooth, self.smooth_classes))))
         for y0 in range(0, h, tile):
             a, b = max(0, y0 - pad), min(h, y0 + tile + pad)
             forward = scorer.predictor.forward(image[a:b], source, first_row=a)
             keep = slice(y0 - a, y0 - a + min(tile, h - y0))
             scores[y0 : y0 + tile] = scorer.score_maps(forward)["d"][keep]
-            classes[y0 : y0 + tile] = forward.logits[:, keep].argmax(0).numpy() + 1
+            classes[y0 : y0 + tile] = forward.classes(run.smooth_classes)[keep] + 1
             if margins is not None:
                 margins[y0 : y0 + tile] = class_margin(forward.logits[:, keep].softmax(0).numpy())
         return Maps(classes, scores, self.threshold, margins)
@@ -207,6 +210,7 @@ class Bundle:
             "id_share_estimate": self.id_share,
             "tta": self.tta,
             "smooth": self.smooth,
+            "smooth_classes": self.smooth_classes,
             "info": self.info,
             "versions": package_versions(),
         }
@@ -275,6 +279,7 @@ def load_bundle(path: str | Path) -> Bundle:
             meta.get("id_share_estimate"),
             meta.get("tta", "none"),
             meta.get("smooth", 0.0),
+            meta.get("smooth_classes", 0.0),
         )
     except KeyError as e:
         raise ValueError(f"{meta_path}: the bundle description lacks {e}") from None
@@ -399,6 +404,7 @@ def train(
         fitted.points[detector].id_share,
         config.tta,
         config.smooth,
+        config.smooth_classes,
     )
 
 

@@ -115,6 +115,13 @@ Smooth = Annotated[
         help="Gaussian smoothing of the score maps, standard deviation in pixels (0: off)."
     ),
 ]
+SmoothClasses = Annotated[
+    float,
+    typer.Option(
+        help="Gaussian smoothing of the class probabilities before the K+1 map's arg-max, "
+        "standard deviation in pixels (0: off)."
+    ),
+]
 ChannelsLast = Annotated[
     bool, typer.Option(help="Channels-last memory format (faster convolutions on GPUs).")
 ]
@@ -276,6 +283,7 @@ def crossval_command(
     stem: Stem = TrainConfig.stem,
     dropout: Dropout = TrainConfig.dropout,
     smooth: Smooth = TrainConfig.smooth,
+    smooth_classes: SmoothClasses = TrainConfig.smooth_classes,
     ensemble: Ensemble = TrainConfig.ensemble,
     fold: Annotated[
         int | None,
@@ -454,6 +462,7 @@ def train_command(
     stem: Stem = TrainConfig.stem,
     dropout: Dropout = TrainConfig.dropout,
     smooth: Smooth = TrainConfig.smooth,
+    smooth_classes: SmoothClasses = TrainConfig.smooth_classes,
     ensemble: Ensemble = TrainConfig.ensemble,
     devices: Annotated[
         int, typer.Option(help="Processes per node: GPUs, or CPU processes (gloo).")

@@ -482,7 +482,7 @@ def test_pass(
                 progress.advance(task)
             continue
         forward = scorer.predictor.forward(s.image, s.name)
-        argmax = forward.logits.argmax(0).numpy()
+        argmax = forward.classes(scorer.predictor.run.smooth_classes)
         t, is_ood = truth[scored], truth[scored] == k
         closed += confusion_matrix(t, argmax[scored], k + 1)
         maps = scorer.score_maps(forward)
@@ -704,7 +704,7 @@ def fully_supervised(
         thresholds,
         seed=config.seed,
         # With background as a class, background (index K) wins or not: it is the OOD call.
-        predict=(lambda f, _s, _t: f.logits.argmax(0).numpy()) if with_background else None,
+        predict=(lambda f, _s, _t: f.classes(run.smooth_classes)) if with_background else None,
         progress=progress,
     )
     tally = tallies[detector]

@@ -39,6 +39,7 @@ class Inference:
     channels_last: bool = False
     tta: str = "none"  # "none", "flip" (4 views) or "dihedral" (8 views)
     smooth: float = 0.0  # score maps Gaussian-filtered with this standard deviation (pixels)
+    smooth_classes: float = 0.0  # class probabilities alike, before the arg-max (pixels)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -61,6 +62,7 @@ class Inference:
             channels_last=config.channels_last,
             tta=config.tta,
             smooth=config.smooth,
+            smooth_classes=config.smooth_classes,
         )
 
     @property
@@ -90,6 +92,15 @@ class Forward:
     @property
     def size(self) -> tuple[int, int]:
         return tuple(self.logits.shape[1:])  # type: ignore[return-value]
+
+    def classes(self, smooth: float = 0.0) -> np.ndarray:
+        """Each pixel's likeliest class (an index into the logits); with ``smooth``, that of its
+        class probabilities Gaussian-filtered with this standard deviation in pixels, since
+        neighbouring pixels mostly share their class."""
+        if not smooth:
+            return self.logits.argmax(0).numpy()
+        p = self.logits.softmax(0).numpy()
+        return ndimage.gaussian_filter(p, (0, smooth, smooth), mode="nearest").argmax(0)
 
     def pixels(self, head: torch.nn.Conv2d, mask: np.ndarray | None = None) -> PixelOutputs:
         """The outputs at the pixels where ``mask`` (H, W) is true (every pixel without one)."""

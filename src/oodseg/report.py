@@ -264,7 +264,9 @@ def markdown(res: dict) -> str:
         "",
         f"{res['description'][:1].upper()}{res['description'][1:]}. Network: {cfg['network']}, {t['epochs']} epochs x "
         f"{t['patches_per_epoch']} patches, {TRAINING[t.get('unlabelled', 'ignore')]}; K+1 map at "
-        f"the {THRESHOLDS[cfg.get('threshold', 'tpr')].format(tpr=cfg['tpr'])}. Annotated pixels: "
+        f"the {THRESHOLDS[cfg.get('threshold', 'tpr')].format(tpr=cfg['tpr'])}; score maps "
+        f"smoothed with σ {t.get('smooth', 0):g} px, class probabilities with σ "
+        f"{t.get('smooth_classes', 0):g} px. Annotated pixels: "
         + ", ".join(f"{k} {v}" for k, v in res["annotated_pixels"].items())
         + (f"; {res['seconds']:.0f} s on {res['machine']}." if "seconds" in res else "."),
     ]
