@@ -130,7 +130,7 @@ class Bundle:
             Predictor(self.net, self.normaliser, self.preset, run), {"d": self.detector}
         )
         # The margin also covers the smoothing's reach (scipy truncates the Gaussian at 4 sigma),
-        # so that a strip's scores are those of the whole image.
+        # so that a strip's scores and classes are those of the whole image.
         pad = max(tile // 16, int(np.ceil(4 * max(self.smooth, self.smooth_classes))))
         for y0 in range(0, h, tile):
             a, b = max(0, y0 - pad), min(h, y0 + tile + pad)
