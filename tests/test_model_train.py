@@ -5,10 +5,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
+from scipy import ndimage
 
 from oodseg.datasets import BandNormaliser
-from oodseg.inference import Forward, Inference, Predictor
+from oodseg.inference import Forward, Inference, Predictor, smooth_planes
 from oodseg.model import Ensemble, build_network, load_matching_weights
 from oodseg.training import IGNORE, PatchDataset, TrainConfig, _batch, fit
 
@@ -425,6 +427,31 @@ def test_class_smoothing_takes_the_neighbours_class_and_keeps_wide_regions():
     truth = np.where(np.arange(40) < 20, 0, 2)[None].repeat(40, 0)
     far = np.abs(np.arange(40) - 19.5)[None].repeat(40, 0) >= 3
     np.testing.assert_array_equal(smooth[far], truth[far])
+
+
+@pytest.mark.parametrize("components", [0, 3])
+def test_input_is_the_normalised_image_edge_padded_and_channels_last_on_the_cpu(components):
+    """Rows written in the image's own (H, W, C) layout give what normalising, transposing and
+    replicate-padding the whole image gives (and its projection onto principal components)."""
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 4000, (37, 45, 6)).astype(np.uint16)
+    normaliser = BandNormaliser(rng.normal(2000, 50, 6), rng.uniform(500, 900, 6))
+    if components:
+        normaliser = normaliser.with_pca(np.cov(rng.normal(size=(6, 50))), components)
+    net = build_network("small", normaliser.channels, 2)
+    x = Predictor(net, normaliser, "small").input(image)
+    z = torch.from_numpy(normaliser(image.astype(np.float64)))
+    want = F.pad(z.permute(2, 0, 1)[None], (0, 3, 0, 11), mode="replicate")  # to 48 x 48
+    assert x.shape == (1, normaliser.channels, 48, 48)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    # float32 against float64: a few float32 steps of the largest value
+    np.testing.assert_allclose(x.numpy(), want.numpy(), rtol=0, atol=1e-6 * want.abs().max())
+
+
+def test_planes_smoothed_in_threads_equal_scipy_s_filter_over_the_stack():
+    maps = np.random.default_rng(3).random((5, 37, 29), dtype=np.float32)
+    want = ndimage.gaussian_filter(maps, (0, 2.0, 2.0), mode="nearest")
+    np.testing.assert_array_equal(smooth_planes(maps, 2.0), want)
 
 
 @pytest.mark.parametrize("tta,views", [("flip", 4), ("dihedral", 8)])

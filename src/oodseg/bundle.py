@@ -139,7 +139,7 @@ class Bundle:
             scores[y0 : y0 + tile] = scorer.score_maps(forward)["d"][keep]
             classes[y0 : y0 + tile] = forward.classes(run.smooth_classes)[keep] + 1
             if margins is not None:
-                margins[y0 : y0 + tile] = class_margin(forward.logits[:, keep].softmax(0).numpy())
+                margins[y0 : y0 + tile] = class_margin(forward.probabilities[:, keep])
         return Maps(classes, scores, self.threshold, margins)
 
     def suggest(

@@ -503,7 +503,7 @@ def test_pass(
                         smap.astype(np.float32),
                         thresholds[name],
                         ids_of[argmax],
-                        class_margin(forward.logits.softmax(0).numpy()),
+                        class_margin(forward.probabilities),
                     )
                 )
         if progress:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
@@ -29,9 +30,10 @@ from oodseg.training import PRECISIONS, TTA, TrainConfig
 
 @dataclass(frozen=True)
 class Inference:
-    """How a network runs: device, window side (``tile``), bf16 autocast, channels-last memory,
-    and test-time augmentation (``tta``: the outputs averaged over the image's flips, or over its
-    flips and 90-degree rotations, each transformed back)."""
+    """How a network runs: device, window side (``tile``), bf16 autocast, channels-last memory
+    (always on the CPU, see :attr:`memory_format`; on a GPU where asked), and test-time
+    augmentation (``tta``: the outputs averaged over the image's flips, or over its flips and
+    90-degree rotations, each transformed back)."""
 
     device: str = "cpu"
     tile: int = 1024
@@ -77,6 +79,28 @@ class Inference:
     def torch_device(self) -> torch.device:
         return torch_device(self.device)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The network's memory format at inference. Channels-last on the CPU whatever was asked:
+        there the forward of a 1024 x 1024 x 200 cube ran 1.3x (small) and 1.5x (reference)
+        faster in NHWC, and the input is laid out so without a transposing copy."""
+        nhwc = self.channels_last or self.torch_device.type == "cpu"
+        return torch.channels_last if nhwc else torch.contiguous_format
+
+
+def smooth_planes(maps: np.ndarray, sigma: float) -> np.ndarray:
+    """Each (H, W) plane of ``maps`` (N, H, W) Gaussian-filtered with standard deviation
+    ``sigma`` pixels, edges extended. The planes are shared between threads: scipy's filters
+    release the GIL, and one call over the stack runs on one core."""
+    out = np.empty_like(maps)
+
+    def plane(i: int) -> None:
+        ndimage.gaussian_filter(maps[i], sigma, mode="nearest", output=out[i])
+
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        list(pool.map(plane, range(len(maps))))
+    return out
+
 
 @dataclass(frozen=True)
 class Forward:
@@ -93,14 +117,20 @@ class Forward:
     def size(self) -> tuple[int, int]:
         return tuple(self.logits.shape[1:])  # type: ignore[return-value]
 
+    @cached_property
+    def probabilities(self) -> np.ndarray:
+        """The class probabilities (K, H, W), computed once for the class map and the margin;
+        plane by plane in memory (channels-last outputs would leave each plane strided, and its
+        filter twice as slow)."""
+        return np.ascontiguousarray(self.logits.softmax(0).numpy())
+
     def classes(self, smooth: float = 0.0) -> np.ndarray:
         """Each pixel's likeliest class (an index into the logits); with ``smooth``, that of its
         class probabilities Gaussian-filtered with this standard deviation in pixels, since
         neighbouring pixels mostly share their class."""
         if not smooth:
             return self.logits.argmax(0).numpy()
-        p = self.logits.softmax(0).numpy()
-        return ndimage.gaussian_filter(p, (0, smooth, smooth), mode="nearest").argmax(0)
+        return smooth_planes(self.probabilities, smooth).argmax(0)
 
     def pixels(self, head: torch.nn.Conv2d, mask: np.ndarray | None = None) -> PixelOutputs:
         """The outputs at the pixels where ``mask`` (H, W) is true (every pixel without one)."""
@@ -119,32 +149,34 @@ class Predictor:
 
     def input(self, image: np.ndarray, source: str = "image", first_row: int = 0) -> torch.Tensor:
         """The normalised (1, C, H', W') float32 input of a raw (H, W, C) image, edge-padded to
-        sides that are multiples of the network's divisor. A memory map is read here row by row:
-        each row is converted, checked, normalised (and projected onto the principal components,
-        if any) and transposed on its own (a whole-image transposing copy of a 200-band cube
-        thrashes the cache and cost 3x as much)."""
+        sides that are multiples of the network's divisor, in the run's memory format. A memory
+        map is read here row by row: each row is converted, checked, normalised (and projected
+        onto the principal components, if any) into an (H', W', C) tensor, the image's own
+        layout: channels-last as it is (transposing each row to (C, H, W) cost 4x the rest)."""
         mean = torch.as_tensor(self.normaliser.mean, dtype=torch.float32)
         std = torch.as_tensor(self.normaliser.std, dtype=torch.float32)
         p = self.normaliser.projection
         projection = None if p is None else torch.as_tensor(p.T, dtype=torch.float32)
         h, w, _ = image.shape
+        d = PRESETS[self.preset].divisor
         check = not np.issubdtype(image.dtype, np.integer)
-        x = torch.empty(self.normaliser.channels, h, w)
+        x = torch.empty(h + -h % d, w + -w % d, self.normaliser.channels)
         for r in range(h):
             row = torch.from_numpy(np.array(image[r], np.float32))  # a copy: memmaps are read-only
             if check and not torch.isfinite(row).all():
                 raise ValueError(f"{source}: NaN or Inf values in row {first_row + r}")
-            z = (row - mean) / std
-            x[:, r] = (z if projection is None else z @ projection).T
-        d = PRESETS[self.preset].divisor
-        x = F.pad(x[None], (0, -w % d, 0, -h % d), mode="replicate")
-        return x.to(self.run.torch_device)
+            z = row.sub_(mean).div_(std)  # in place: a row's temporaries cost as much again
+            x[r, :w] = z if projection is None else z @ projection
+        x[:h, w:] = x[:h, w - 1 : w]  # the edges replicated, the corner from the padded last row
+        x[h:] = x[h - 1]
+        x = x.permute(2, 0, 1)[None].to(self.run.torch_device)
+        return x.contiguous(memory_format=self.run.memory_format)
 
     def window(self, x: torch.Tensor, predictor: Callable) -> tuple[torch.Tensor, ...]:
         """``predictor`` over a padded input: one call when it fits a window of side
         ``run.tile``, else MONAI's sliding window (windows as tall as the input, at most ``tile``
         wide, overlapping by a quarter, Gaussian-weighted)."""
-        fmt = torch.channels_last if self.run.channels_last else torch.contiguous_format
+        fmt = self.run.memory_format
         self.net.to(device=x.device, memory_format=fmt).eval()
         x = x.contiguous(memory_format=fmt)
         bf16 = self.run.precision == "bf16-mixed"

@@ -725,7 +725,9 @@ def overlay_rgb(image: np.ndarray, bands: tuple[int, int, int] | None = None) ->
             bands = (0, 1, 2)
         else:
             bands = tuple(int(c * f) for f in (0.75, 0.5, 0.25))
-    return (false_colour(np.asarray(image, np.float32), bands) * 255).astype(np.uint8)
+    # The three bands taken before any conversion: a float copy of a whole cube is 10^9 bytes.
+    rgb = np.asarray(image[..., list(bands)], np.float32)
+    return (false_colour(rgb, (0, 1, 2)) * 255).astype(np.uint8)
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
