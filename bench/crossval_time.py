@@ -1,4 +1,4 @@
-"""Wall time and peak memory of the default cross-validation (16 folds x 4 detectors, Indian Pines).
+"""Wall time and peak memory of a cross-validation (by default every Indian Pines fold).
 
     .venv/bin/python bench/crossval_time.py [--split scene|blocks] [extra `oodseg crossval` options]
 
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
         print("|---|---|---|---|---|")
         for det, s in p["summary"].items():
             cells = [
-                f"{s[m]['mean']:.3f} ± {s[m]['std']:.3f}"
+                f"{s[m]['mean']:.3f}" + ("" if s[m]["std"] is None else f" ± {s[m]['std']:.3f}")
                 for m in ("auroc", "fpr95", "id_accuracy", "ood_recall")
             ]
             print(f"| {det} | " + " | ".join(cells) + " |")

@@ -25,12 +25,13 @@ import torch
 from scipy.spatial import cKDTree
 from timing import median_seconds
 
+from oodseg.config import TrainConfig
 from oodseg.crossval import DEFAULT_DETECTORS
 from oodseg.datasets import BandNormaliser, load_indian_pines
 from oodseg.detectors import InputDetector, PixelOutputs, make_detector
 from oodseg.model import build_network
 from oodseg.splits import make_split
-from oodseg.training import IGNORE, TrainConfig, fit
+from oodseg.training import IGNORE, fit
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ memory and in the format prediction runs it (``Inference.memory_format``: channe
 CPU); the ratio is against the latter. The whole prediction
 is what `oodseg predict` does per image at the defaults: memory-map the file, normalise strip by
 strip, the network through MONAI's sliding window, the detector, the score map's and the class
-probabilities' smoothing (``TrainConfig.smooth`` and ``smooth_classes``), the threshold, and
+probabilities' smoothing (``ScoringConfig.smooth`` and ``smooth_classes``), the threshold, and
 writing the label PNG, the score TIFF and the overlay PNG. Its stages are then timed one by one on
 the whole image, in seconds per megapixel: reading and normalising (``Predictor.input``), the
 detector with the score map's smoothing, the class smoothing and arg-max, and writing the files.
@@ -27,13 +27,13 @@ import torch
 from timing import median_seconds
 
 from oodseg.bundle import Bundle
+from oodseg.config import ScoringConfig
 from oodseg.datasets import BandNormaliser, load_indian_pines
 from oodseg.detectors import make_detector
 from oodseg.inference import Forward, Inference, Predictor, Scorer
 from oodseg.io import read_image
 from oodseg.model import build_network
 from oodseg.report import write_prediction
-from oodseg.training import TrainConfig
 
 STAGES = ("read + normalise", "detector + score smoothing", "class smoothing", "write")
 
@@ -67,7 +67,7 @@ def main() -> None:
     normaliser = BandNormaliser.fit(scene.cube, scene.labels >= 0)
     mp = args.side**2 / 1e6
     device = torch.device(args.device)
-    smooth, smooth_classes = TrainConfig.smooth, TrainConfig.smooth_classes
+    smooth, smooth_classes = ScoringConfig.smooth, ScoringConfig.smooth_classes
     print(
         f"input {args.side} x {args.side} x 200 uint16 .npy ({mp:.2f} MP), 16 classes, "
         f"{torch.get_num_threads()} threads, {device}; smoothing: scores {smooth:g} px, "

@@ -24,9 +24,10 @@ import torch
 from timing import median_seconds
 
 from oodseg import training
+from oodseg.config import PRESETS, TrainConfig
 from oodseg.datasets import BandNormaliser, load_indian_pines
-from oodseg.model import PRESETS, build_network
-from oodseg.training import IGNORE, PatchDataset, TrainConfig, fit
+from oodseg.model import build_network
+from oodseg.training import IGNORE, PatchDataset, fit
 
 BATCH = 8
 WARM_EPOCHS = 1

@@ -1,70 +1,246 @@
-"""Write docs/results.md from finished runs' results.md, and the README's headline table from
-their results.json, so that measured figures are never retyped.
+"""Generate the README's headline table, docs/results.md and the demo table of
+docs/benchmarks.md from the committed runs in docs/runs/, so that no measured figure is retyped.
 
-    python scripts/results_doc.py TITLE COMMAND RUN_DIR [TITLE COMMAND RUN_DIR ...]
+    python scripts/results_doc.py            # rewrite them
+    python scripts/results_doc.py --check    # exit 1 if any differs from what the runs say
 
-Each run's tables go under its title with the command that made it; the headline table (one line
-per run and protocol: the best detector, GEN, the operating point, the baselines) replaces what
-stands between the README's ``<!-- headline -->`` markers. A RUN_DIR without results.json (a run
-made on an earlier checkout) keeps its section and headline lines as they stand, under its title.
+A committed run is a ``make demo`` / ``make paper`` output folder's ``results.json`` and
+``results.md``, copied to ``docs/runs/<name>-s<seed>/``. Sections of docs/results.md whose runs are
+not committed (other data sets) are kept as they stand, under their titles.
 """
 
+from __future__ import annotations
+
+import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from oodseg import report
+import numpy as np
+
+from oodseg.config import (
+    HardwareConfig,
+    NetworkConfig,
+    OptimConfig,
+    ScoringConfig,
+    UnlabelledConfig,
+)
+from oodseg.crossval import CrossvalConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "docs" / "runs"
 MARK = "<!-- headline -->"
+DEMO_MARK = "<!-- demo -->"
+OPTIONS_MARK = "<!-- options -->"
+FIGURE = re.compile(r"!\[[^]]*\]\([^)]*\.png\)\n?")  # a run's figures are not committed
 
 
-def headline(runs: list[tuple[str, str, Path]], kept: list[str]) -> str:
-    """One line per run and protocol: the report's headline (:func:`oodseg.report.headline`);
-    ``kept``: the current lines, reused for runs that are not here."""
-    lines = [f"| data set, protocol | {report.HEADLINE_COLUMNS} | time |", "|---" * 9 + "|"]
-    for title, _, run in runs:
-        if not (run / "results.json").is_file():
-            lines += [line for line in kept if line.startswith(f"| {title}, ")]
-            continue
-        res = json.loads((run / "results.json").read_text())
-        for h in report.headline(res):
-            cells = [f"{title}, {h['protocol']}", *report.headline_cells(h)]
-            lines.append("| " + " | ".join([*cells, f"{res['seconds'] / 60:.0f} min"]) + " |")
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class Run:
+    """A committed run: ``make <target> SEED=s`` for each of its seeds."""
+
+    name: str
+    title: str
+    target: str
+    seeds: tuple[int, ...]
+
+    def folder(self, seed: int) -> Path:
+        return RUNS / f"{self.name}-s{seed}"
+
+    def results(self) -> list[dict]:
+        return [json.loads((self.folder(s) / "results.json").read_text()) for s in self.seeds]
+
+    def command(self, seed: int) -> str:
+        return f"make {self.target}" + (f" SEED={seed}" if seed else "")
 
 
-def main(*triples: str) -> None:
-    if not triples or len(triples) % 3:
-        raise SystemExit(__doc__)
-    runs = [
-        (t, c, Path(r)) for t, c, r in zip(triples[::3], triples[1::3], triples[2::3], strict=True)
+DEMO = Run("demo", "Indian Pines, the 4 largest classes held out", "demo", (0, 1, 2))
+PAPER = Run("paper", "Indian Pines, all 16 classes held out", "paper", (0,))
+COMMITTED = (DEMO, PAPER)
+
+
+def _auroc_by_fold(res: dict, detector: str) -> dict[str, float]:
+    return {
+        r["held_out"]: r["auroc"]
+        for r in res["protocols"]["loco"]["folds"]
+        if r["detector"] == detector
+    }
+
+
+def _spread(values: list[float]) -> str:
+    """Mean ± sample standard deviation, or the value alone for one."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def headline_row(run: Run) -> str:
+    """One README line: the default detector's mean AUROC over folds, seed 0 and over seeds, the
+    per-fold spread between seeds, the best detector, the operating point and the bounds."""
+    results = run.results()
+    first = results[0]
+    loco = first["protocols"]["loco"]
+    det = first["config"]["detectors"][0]
+    means = [r["protocols"]["loco"]["summary"][det]["auroc"]["mean"] for r in results]
+    by_fold = [_auroc_by_fold(r, det) for r in results]
+    per_fold = (
+        f"{np.mean([np.std([f[k] for f in by_fold], ddof=1) for k in by_fold[0]]):.3f}"
+        if len(results) > 1
+        else "—"
+    )
+    summary = {
+        d: np.mean([r["protocols"]["loco"]["summary"][d]["auroc"]["mean"] for r in results])
+        for d in loco["summary"]
+    }
+    best = max(summary, key=summary.get)
+    s = loco["summary"][det]
+    bounds = {b["method"].split(" (")[0]: b for b in loco["baselines"]}
+    full = bounds.get("fully supervised")
+    cells = [
+        f"{run.title} (`{run.command(0)}`)",
+        str(len(by_fold[0])),
+        f"{det} {means[0]:.3f}",
+        _spread(means) + f" (seeds {', '.join(map(str, run.seeds))})" if len(means) > 1 else "—",
+        per_fold,
+        f"{best} {summary[best]:.3f}",
+        f"{s['test_tpr']['mean']:.2f} / {s['ood_recall']['mean']:.2f}",
+        f"{s['miou_k_plus_1']['mean']:.3f}",
+        f"{bounds['closed-set arg-max']['miou_k_plus_1']:.3f}",
+        f"{full['auroc']:.3f}" if full else "—",
+        f"{first['seconds'] / 60:.1f} min",
     ]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADLINE_HEADER = (
+    "| run | folds | default detector: AUROC, seed 0 | mean ± sd over seeds | per-fold sd over "
+    "seeds | best detector: AUROC, mean over seeds | test TPR / OOD recall | K+1 mIoU | closed set: K+1 mIoU | "
+    "fully supervised: AUROC | time, seed 0 |\n" + "|---" * 11 + "|"
+)
+
+
+def provenance(runs: tuple[Run, ...]) -> str:
+    """The line under a generated table: where it comes from, the machine, version and date."""
+    first = [r.results()[0] for r in runs]
+    machines = sorted({r["machine"] for r in first})
+    versions = sorted({r["versions"]["oodseg"] for r in first})
+    dates = sorted({r.get("date", "?") for r in first})
+    return (
+        f"Generated by `scripts/results_doc.py` from the runs in `docs/runs/` (oodseg "
+        f"{', '.join(versions)}; {'; '.join(machines)}; {', '.join(dates)}). Seed 0 is what the "
+        "command prints; the spread is over the seeds' means (sample sd)."
+    )
+
+
+def headline() -> str:
+    rows = [headline_row(run) for run in COMMITTED]
+    return "\n".join([HEADLINE_HEADER, *rows, "", provenance(COMMITTED)])
+
+
+def demo_table() -> str:
+    """The demo against the full run of the same defaults and seed: time and AUROC, and the demo's
+    folds as the full run scored them (the same networks: the same figures)."""
+    demo, paper = DEMO.results()[0], PAPER.results()[0]
+    det = demo["config"]["detectors"][0]
+    folds = _auroc_by_fold(demo, det)
+    in_paper = _auroc_by_fold(paper, det)
+    lines = [
+        f"| command | what it trains | folds | wall time | {det} AUROC, mean over its folds | "
+        f"{det} AUROC on the demo's folds |",
+        "|---|---|---|---|---|---|",
+        f"| `{PAPER.command(0)}` | 2 networks a fold (the method and the fully supervised bound) | "
+        f"{len(in_paper)} | {paper['seconds'] / 60:.1f} min | "
+        f"{paper['protocols']['loco']['summary'][det]['auroc']['mean']:.3f} | "
+        f"{np.mean([in_paper[k] for k in folds]):.3f} |",
+        f"| `{DEMO.command(0)}` | 1 network a fold | {len(folds)} | {demo['seconds'] / 60:.1f} min | "
+        f"{np.mean(list(folds.values())):.3f} | {np.mean(list(folds.values())):.3f} |",
+    ]
+    return "\n".join([*lines, "", provenance((DEMO, PAPER))])
+
+
+def options_table() -> str:
+    """Every option of ``crossval`` and ``train`` from its one declaration, by concern."""
+    lines = []
+    for cls in (
+        NetworkConfig,
+        OptimConfig,
+        UnlabelledConfig,
+        HardwareConfig,
+        ScoringConfig,
+        CrossvalConfig,
+    ):
+        lines += [f"\n### {cls.__name__}\n", "| option | default | what it does |", "|---|---|---|"]
+        for f in fields(cls):
+            if "help" not in f.metadata:
+                continue  # a nested configuration, listed on its own
+            default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+            flag = "--" + f.name.replace("_", "-")
+            lines.append(f"| `{flag}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(lines).lstrip("\n")
+
+
+def results_doc(current: str) -> str:
+    """docs/results.md: every committed run's own results.md under its title and command, then
+    the sections of other runs as they stand."""
     parts = [
         "# Measured results\n",
         "Generated by `scripts/results_doc.py` from the runs' own `results.md` (nothing retyped). "
-        "Machine and time are in each run's first paragraph.\n",
+        "Machine, time and date are in each run's first paragraph.\n",
     ]
-    doc = ROOT / "docs" / "results.md"
-    sections = doc.read_text().split("\n## ")[1:] if doc.is_file() else []
-    kept = {s.split("\n", 1)[0]: "## " + s for s in sections}
-    for title, command, run in runs:
-        if not (run / "results.json").is_file():
-            if title not in kept:
-                raise SystemExit(f"{run}: no results.md, and no section {title!r} to keep")
-            parts.append(kept[title].rstrip("\n") + "\n")
-            continue
-        md = (run / "results.md").read_text()
-        body = re.sub(r"^(#+) ", r"#\1 ", md.split("\n", 1)[1], flags=re.M)  # one level down
-        parts += [f"## {title}\n", f"```bash\n{command}\n```\n", body]
-    doc.write_text("\n".join(parts))
-    readme = (ROOT / "README.md").read_text()
-    before, _, rest = readme.partition(MARK)
-    table, _, after = rest.partition(MARK)
-    lines = table.strip().splitlines()
-    (ROOT / "README.md").write_text(f"{before}{MARK}\n{headline(runs, lines)}\n{MARK}{after}")
+    titles = set()
+    for run in COMMITTED:
+        for seed in run.seeds:
+            title = f"{run.title}, seed {seed}"
+            titles.add(title)
+            md = (run.folder(seed) / "results.md").read_text()
+            body = re.sub(r"^(#+) ", r"#\1 ", md.split("\n", 1)[1], flags=re.M)  # a level down
+            body = FIGURE.sub("", body)
+            parts += [f"## {title}\n", f"```bash\n{run.command(seed)}\n```\n", body]
+    for section in current.split("\n## ")[1:]:
+        if section.split("\n", 1)[0] not in titles:
+            parts.append("## " + FIGURE.sub("", section).rstrip("\n") + "\n")
+    return "\n".join(parts)
+
+
+def between(text: str, mark: str, table: str) -> str:
+    before, _, rest = text.partition(mark)
+    _, _, after = rest.partition(mark)
+    return f"{before}{mark}\n{table}\n{mark}{after}"
+
+
+def generated() -> dict[Path, str]:
+    """Each generated file's content, from the committed runs and the files as they stand."""
+    readme = ROOT / "README.md"
+    results = ROOT / "docs" / "results.md"
+    bench = ROOT / "docs" / "benchmarks.md"
+    training = ROOT / "docs" / "training.md"
+    return {
+        training: between(training.read_text(), OPTIONS_MARK, options_table()),
+        readme: between(readme.read_text(), MARK, headline()),
+        results: results_doc(results.read_text()),
+        bench: between(bench.read_text(), DEMO_MARK, demo_table()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="compare, do not write")
+    args = parser.parse_args()
+    stale = []
+    for path, text in generated().items():
+        if path.read_text() != text:
+            stale.append(path.relative_to(ROOT))
+            if not args.check:
+                path.write_text(text)
+    if args.check and stale:
+        sys.exit(
+            f"{', '.join(map(str, stale))}: differ from the committed runs in docs/runs; run "
+            "python scripts/results_doc.py to regenerate them"
+        )
+    print("regenerated: " + (", ".join(map(str, stale)) or "nothing changed"))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

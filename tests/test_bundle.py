@@ -21,12 +21,12 @@ from typer.testing import CliRunner
 from oodseg.annotate import simulate_annotations
 from oodseg.bundle import load_bundle, train
 from oodseg.cli import app
+from oodseg.config import ScoringConfig, TrainConfig
 from oodseg.detectors import DETECTORS, InputDetector, PixelOutputs, make_detector
 from oodseg.inference import Predictor
 from oodseg.io import read_image, read_mask
 from oodseg.manifest import from_folders, load_manifest, read_all
 from oodseg.model import Ensemble
-from oodseg.training import TrainConfig
 
 CLASSES = ("Corn-notill", "Soybean-mintill", "Woods")
 FORMATS = ("hdr", "mat", "mat73", "npy", "npz", "tif", "h5")
@@ -177,7 +177,12 @@ def dataset(crops, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle_dir(dataset, tmp_path_factory):
     torch.manual_seed(0)
-    bundle = train(load_manifest(dataset), detector="mahalanobis", threshold="tpr", config=QUICK)
+    bundle = train(
+        load_manifest(dataset),
+        detector="mahalanobis",
+        config=QUICK,
+        scoring=ScoringConfig(threshold="tpr"),
+    )
     out = tmp_path_factory.mktemp("models") / "tissue"
     bundle.save(out)
     return bundle, out
@@ -511,6 +516,7 @@ def test_cli_evaluate_then_html_report_in_a_headless_browser(bundle_dir, evaluat
     assert 'data-tables="1"' in dom and 'data-images="3"' in dom
 
 
+@pytest.mark.slow
 def test_training_killed_mid_run_resumes_to_the_same_bundle(dataset, tmp_path):
     """Kill -9 a training process after its first checkpoint, resume, and compare with an
     uninterrupted run: same weights, same threshold."""
@@ -545,6 +551,7 @@ def test_training_killed_mid_run_resumes_to_the_same_bundle(dataset, tmp_path):
     assert not (tmp_path / ".cut.checkpoints").exists()  # cleaned up once the bundle is saved
 
 
+@pytest.mark.slow
 def test_ddp_training_with_two_processes_reduces_the_detector_exactly(dataset, tmp_path):
     """Two CPU processes (gloo): each scores half of the images; the gathered statistics must be
     what one process computes with the trained network, to float32 rounding (the processes run
@@ -681,31 +688,27 @@ def test_frames_with_declared_background_train_the_pu_head_by_default(shared_dat
 
 
 def test_every_option_that_shapes_prediction_travels_with_the_bundle(dataset, crops, tmp_path):
-    """A known-vs-unknown head (nnPU), the PU threshold rule, flip TTA, score and class
-    smoothing, a spectral PCA input, a spectral stem and an ensemble of two networks: saved,
-    reloaded and predicting the same maps, from the bundle alone."""
+    """A known-vs-unknown head (nnPU), the PU threshold rule, score and class smoothing, a
+    spectral PCA input and an ensemble of two networks: saved, reloaded and predicting the same
+    maps, from the bundle alone."""
     config = TrainConfig(
         epochs=2,
         patches_per_epoch=8,
         batch_size=4,
         device="cpu",
         unlabelled="nnpu",
-        tta="flip",
-        smooth=1.5,
-        smooth_classes=3.0,
         input_pca=16,
-        stem=8,
         ensemble=2,
     )
-    bundle = train(load_manifest(dataset), detector="pu", threshold="pu", config=config)
+    scoring = ScoringConfig(threshold="pu", smooth=1.5, smooth_classes=3.0)
+    bundle = train(load_manifest(dataset), detector="pu", config=config, scoring=scoring)
     assert isinstance(bundle.net, Ensemble) and len(bundle.net.members) == 2
     assert bundle.net.known_head is not None and bundle.normaliser.channels == 16
     assert bundle.threshold_rule == "pu" and 0 < bundle.id_share < 1
     out = bundle.save(tmp_path / "model")
     again = load_bundle(out)
-    assert (again.tta, again.smooth, again.smooth_classes) == ("flip", 1.5, 3.0)
-    assert again.threshold_rule == "pu"
-    assert again.net.stem.out_channels == 8 and len(again.net.members) == 2
+    assert (again.smooth, again.smooth_classes) == (1.5, 3.0)
+    assert again.threshold_rule == "pu" and len(again.net.members) == 2
     np.testing.assert_array_equal(again.normaliser.projection, bundle.normaliser.projection)
     cube = crops[1][0]
     labels, scores = bundle.predict(cube)

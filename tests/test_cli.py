@@ -1,9 +1,15 @@
 """Bad input: a clear error, exit code 2, and nothing written."""
 
+from dataclasses import fields
+from importlib.metadata import version
+
+import click
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from oodseg.cli import app
+from oodseg.config import ScoringConfig, TrainConfig
 
 runner = CliRunner()
 
@@ -41,17 +47,11 @@ def run(tmp_path, *args):
         (["--unlabelled", "negative"], "unknown use of unlabelled pixels 'negative'"),
         (["--pu-prior", "1.2"], "the PU prior must be in (0, 1)"),
         (["--detectors", "gen,pu"], "the pu detector reads the known-vs-unknown head"),
-        (["--tta", "rot45"], "unknown test-time augmentation 'rot45'"),
         (["--smooth", "-1"], "--smooth is a standard deviation"),
         (["--smooth-classes", "-0.5"], "--smooth-classes is a standard deviation"),
-        (["--input-pca", "-1"], "--input-pca is a number of components, 0 or more"),
-        (["--stem", "-2"], "--stem is a number of channels, 0 or more"),
+        (["--input-pca", "-1"], "--input-pca must be at least 0"),
+        (["--ensemble", "0"], "--ensemble must be at least 1"),
         (["--dropout", "1"], "--dropout is a rate in [0, 1)"),
-        (
-            ["--split", "blocks", "--calibration", "region"],
-            "--calibration does not apply to the blocks split",
-        ),
-        (["--calibration", "corner"], "unknown calibration hold-out 'corner'"),
         (["--resume"], "nothing to resume"),
         (
             ["--preset", "reference", "--encoder-weights", "/nonexistent/b4.safetensors"],
@@ -75,3 +75,32 @@ def test_non_empty_output_folder_needs_overwrite(tmp_path):
     assert result.exit_code == 2
     assert "exists and is not empty" in " ".join(result.output.split())
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def _options(command: str) -> set[str]:
+    """The option names a command's --help lists."""
+    group = typer.main.get_command(app)
+    ctx = click.Context(group)
+    cmd = group.get_command(ctx, command)
+    return {o for p in cmd.params for o in p.opts if o.startswith("--")}
+
+
+def test_train_and_crossval_offer_every_training_and_scoring_option_of_the_configuration():
+    declared = {
+        f"--{f.name.replace('_', '-')}" for c in (TrainConfig, ScoringConfig) for f in fields(c)
+    }
+    assert declared <= _options("train")
+    assert declared <= _options("crossval")
+    assert {"--weight-decay", "--devices", "--num-nodes", "--strategy"} <= _options("crossval")
+
+
+@pytest.mark.parametrize("removed", ["--tta", "--stem", "--calibration"])
+def test_options_removed_in_1_0_are_refused(tmp_path, removed):
+    result, out = run(tmp_path, removed, "1")
+    assert result.exit_code == 2 and "No such option" in result.output
+    assert not out.exists()
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"oodseg {version('oodseg')}"

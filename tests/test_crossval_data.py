@@ -13,7 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from oodseg.cli import app
-from oodseg.engine import BACKGROUND, collect
+from oodseg.config import BACKGROUND
+from oodseg.engine import collect
 from oodseg.manifest import load_manifest
 from oodseg.metrics import ood_metrics
 from oodseg.sources import dataset_collection
@@ -76,6 +77,7 @@ def hsi_run(indian_pines, tmp_path_factory):
     return json.loads((out / "results.json").read_text()), out
 
 
+@pytest.mark.slow
 def test_hyperspectral_collection_runs_both_protocols(hsi_run):
     res, out = hsi_run
     assert res["dataset"] == "data" and res["images"] == 9
@@ -102,6 +104,7 @@ def test_hyperspectral_collection_runs_both_protocols(hsi_run):
     assert len(list(out.glob("panel_*.png"))) == 1 + len(IP_CLASSES)
 
 
+@pytest.mark.slow
 def test_shuffled_scores_fail_the_bound(hsi_run):
     _, out = hsi_run
     rng = np.random.default_rng(0)
@@ -192,6 +195,7 @@ def endoscapes(shared_data):
     return path
 
 
+@pytest.mark.slow
 def test_rgb_frames_of_two_sizes_run_end_to_end(endoscapes, tmp_path):
     manifest = frames_collection(endoscapes, tmp_path / "data")
     out = tmp_path / "run"

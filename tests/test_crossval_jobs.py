@@ -4,6 +4,7 @@ gives the same tables as one run of all folds."""
 import json
 
 import numpy as np
+import pytest
 from browser import headless_dom
 from typer.testing import CliRunner
 
@@ -23,6 +24,7 @@ COMMON = [
 ]
 
 
+@pytest.mark.slow
 def test_fold_jobs_merge_to_the_single_run(tmp_path):
     runner = CliRunner()
     for name, extra in (("all", []), ("f1", ["--fold", "1"]), ("f2", ["--fold", "2"])):

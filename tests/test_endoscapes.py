@@ -11,12 +11,12 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from oodseg.cli import app
+from oodseg.config import BACKGROUND, TrainConfig
 from oodseg.crossval import CrossvalConfig, crossval
 from oodseg.datasets import IGNORE_LABEL, load_endoscapes
-from oodseg.engine import BACKGROUND, collect
+from oodseg.engine import collect
 from oodseg.metrics import ood_metrics
 from oodseg.sources import FRAME_BUDGET, endoscapes_collection
-from oodseg.training import TrainConfig
 
 CLASSES = (
     "cystic_plate",
@@ -151,6 +151,7 @@ def quick_run(root, tmp_path_factory):
     return crossval(config, out, console=Console(quiet=True)), out
 
 
+@pytest.mark.slow
 def test_background_as_ood_beats_the_measured_bound_and_a_shuffle_fails_it(quick_run):
     res, out = quick_run
     rng = np.random.default_rng(0)
@@ -170,6 +171,7 @@ def test_background_as_ood_beats_the_measured_bound_and_a_shuffle_fails_it(quick
             assert ood_metrics(scores[shuffled], scores[~shuffled])["auroc"] < bound
 
 
+@pytest.mark.slow
 def test_report_has_baselines_protocol_tables_and_figures(quick_run):
     res, out = quick_run
     assert res == json.loads((out / "results.json").read_text())

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import oodseg.metrics
+from oodseg.config import ScoringConfig, TrainConfig
 from oodseg.engine import Fold, collect, run_fold
 from oodseg.sources import scene_collection
-from oodseg.training import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +21,9 @@ def test_streamed_metrics_equal_the_exact_ones_within_their_bound(collection, mo
     fold = Fold("loco", "Woods", known, (woods,))
     config = TrainConfig(epochs=2, device="cpu")
     detectors = ("gen", "mahalanobis", "energy")
-    exact = run_fold(collection, fold, config, detectors, 0.95)
+    exact = run_fold(collection, fold, config, ScoringConfig(), detectors)
     monkeypatch.setattr(oodseg.metrics, "EXACT_LIMIT", 1000)  # the histogram after 1,000 pixels
-    streamed = run_fold(collection, fold, config, detectors, 0.95)
+    streamed = run_fold(collection, fold, config, ScoringConfig(), detectors)
     for a, b in zip(exact.rows, streamed.rows, strict=True):
         assert a["auroc_error_bound"] == 0 and 0 < b["auroc_error_bound"] < 1e-3
         assert abs(a["auroc"] - b["auroc"]) <= b["auroc_error_bound"] + 1e-12
@@ -56,7 +56,12 @@ def test_a_scene_fold_trains_its_fully_supervised_baseline_on_the_dense_labels(c
     assert (sample.dense == np.where(sample.dense > 0, sample.calibration_truth, 0)).all()
     assert (sample.dense > 0).sum() == (sample.calibration_truth > 0).sum()  # the whole scene
     result = run_fold(
-        collection, fold, TrainConfig(epochs=2, device="cpu"), ("gen",), 0.95, baseline=True
+        collection,
+        fold,
+        TrainConfig(epochs=2, device="cpu"),
+        ScoringConfig(),
+        ("gen",),
+        baseline=True,
     )
     full = result.fully_supervised
     assert full["method"] == "fully supervised (gen, pu threshold; dense masks)"

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from scipy import ndimage
 
+from oodseg.config import TrainConfig
 from oodseg.datasets import BandNormaliser
 from oodseg.inference import Forward, Inference, Predictor, smooth_planes
 from oodseg.model import Ensemble, build_network, load_matching_weights
-from oodseg.training import IGNORE, PatchDataset, TrainConfig, _batch, fit
+from oodseg.training import IGNORE, PatchDataset, _batch, fit
 
 
 def predictor(net, bands: int, precision: str = "32") -> Predictor:
@@ -30,19 +31,6 @@ def test_small_network_returns_logits_and_features_at_full_resolution():
     w, b = net.head.weight[:, :, 0, 0], net.head.bias
     manual = torch.einsum("kf,bfhw->bkhw", w, features) + b[None, :, None, None]
     torch.testing.assert_close(logits, manual, rtol=1e-4, atol=1e-4)
-
-
-def test_spectral_stem_is_a_linear_map_of_the_bands_before_the_backbone():
-    net = build_network("small", in_channels=40, num_classes=3, stem=8).eval()
-    assert net.stem.in_channels == 40 and net.stem.out_channels == 8
-    assert net.backbone.conv_0.conv_0.conv.in_channels == 8  # the backbone sees the stem's maps
-    x = torch.randn(1, 40, 32, 32)
-    mapped = torch.einsum("cb,nbhw->nchw", net.stem.weight[:, :, 0, 0], x)
-    mapped = mapped + net.stem.bias[None, :, None, None]
-    torch.testing.assert_close(net.stem(x), mapped, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(net(x)[0], net.head(net.backbone(mapped)), rtol=1e-4, atol=1e-4)
-    # Images of no more bands than the stem's channels go to the backbone as they are.
-    assert build_network("small", in_channels=8, num_classes=3, stem=8).stem is None
 
 
 @pytest.mark.parametrize("preset", ["small", "reference"])
@@ -390,7 +378,7 @@ def test_auto_unlabelled_takes_nnpu_on_rgb_images_with_declared_background():
     assert auto.resolved(True, 3).unlabelled == "nnpu" and auto.resolved(True, 3).known_head
     for background, bands in ((False, 3), (True, 200), (False, 200)):
         assert auto.resolved(background, bands).unlabelled == "ignore"
-    for explicit in ("ignore", "nnpu", "nnpu-head"):
+    for explicit in ("ignore", "nnpu"):
         config = TrainConfig(unlabelled=explicit)
         assert config.resolved(True, 3) is config and config.resolved(False, 200) is config
     with pytest.raises(ValueError, match="depends on the data"):
@@ -452,23 +440,3 @@ def test_planes_smoothed_in_threads_equal_scipy_s_filter_over_the_stack():
     maps = np.random.default_rng(3).random((5, 37, 29), dtype=np.float32)
     want = ndimage.gaussian_filter(maps, (0, 2.0, 2.0), mode="nearest")
     np.testing.assert_array_equal(smooth_planes(maps, 2.0), want)
-
-
-@pytest.mark.parametrize("tta,views", [("flip", 4), ("dihedral", 8)])
-def test_test_time_augmentation_averages_the_outputs_of_every_view(tta, views):
-    torch.manual_seed(0)
-    net = build_network("small", 3, 2).eval()
-    image = np.random.default_rng(1).normal(size=(32, 48, 3))
-    identity = BandNormaliser(np.zeros(3), np.ones(3))
-    got = Predictor(net, identity, "small", Inference(tta=tta)).forward(image)
-    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
-    total = 0
-    with torch.no_grad():
-        for turns in (0, 1) if views == 8 else (0,):
-            for dims in ([], [-2], [-1], [-2, -1]):
-                view = torch.rot90(x.flip(dims) if dims else x, turns, (-2, -1))
-                logits = torch.rot90(net(view)[0], -turns, (-2, -1))
-                total = total + (logits.flip(dims) if dims else logits)
-    torch.testing.assert_close(got.logits, total[0] / views, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="unknown test-time augmentation"):
-        Inference(tta="rot45")

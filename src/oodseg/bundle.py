@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from scipy import ndimage
 
+from oodseg.config import ScoringConfig, TrainConfig
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import DETECTORS, Detector
 from oodseg.distributed import broadcast_module
@@ -27,8 +28,6 @@ from oodseg.manifest import ImageDataset, read_all
 from oodseg.model import Ensemble, Segmenter, build_network
 from oodseg.runtime import package_versions
 from oodseg.suggest import Region, class_margin, suggest_regions
-from oodseg.threshold import DEFAULT_RULE, RULES
-from oodseg.training import TrainConfig
 
 FORMAT_VERSION = 1
 OOD_LABEL = 0  # in predicted label maps: 0 = OOD / unknown, 1..K = the classes
@@ -67,7 +66,6 @@ class Bundle:
     info: dict = field(default_factory=dict)  # training set-up and data description
     threshold_rule: str = "tpr"  # how the threshold was chosen (oodseg.threshold.RULES)
     id_share: float | None = None  # BBE's estimate of the ID share among unlabelled pixels
-    tta: str = "none"  # test-time augmentation the threshold was calibrated with
     smooth: float = 0.0  # score-map smoothing the threshold was calibrated with
     smooth_classes: float = 0.0  # class-probability smoothing before the arg-max
 
@@ -115,9 +113,7 @@ class Bundle:
         larger than memory works; each strip goes through MONAI's sliding window in windows as
         tall as the strip and at most ``tile`` wide (overlapping by a quarter only where the
         strip is wider). ``precision="bf16-mixed"`` and ``channels_last`` are for GPUs."""
-        run = Inference(
-            device, tile, precision, channels_last, self.tta, self.smooth, self.smooth_classes
-        )
+        run = Inference(device, tile, precision, channels_last, self.smooth, self.smooth_classes)
         if image.ndim != 3 or image.shape[-1] != self.bands:
             raise ValueError(
                 f"{source}: expected (H, W, {self.bands}) for this model, got shape {image.shape}"
@@ -200,7 +196,6 @@ class Bundle:
             "preset": self.preset,
             "features": self.features,
             "known_head": self.net.known_head is not None,
-            "stem": 0 if self.net.stem is None else self.net.stem.out_channels,
             "ensemble": len(self.net.members) if isinstance(self.net, Ensemble) else 1,
             "detector": {"name": self.detector.name, "params": self.detector.params()},
             "detector_numbers": numbers,
@@ -208,7 +203,6 @@ class Bundle:
             "threshold_rule": self.threshold_rule,
             "tpr": self.tpr,
             "id_share_estimate": self.id_share,
-            "tta": self.tta,
             "smooth": self.smooth,
             "smooth_classes": self.smooth_classes,
             "info": self.info,
@@ -235,6 +229,12 @@ def load_bundle(path: str | Path) -> Bundle:
             f"{meta_path}: bundle format {version} is newer than this oodseg reads "
             f"({FORMAT_VERSION}); upgrade oodseg"
         )
+    removed = {k: meta[k] for k in ("stem", "tta") if meta.get(k) not in (None, 0, "none")}
+    if removed:
+        raise ValueError(
+            f"{meta_path}: made with {', '.join(f'--{k} {v}' for k, v in removed.items())}, an "
+            "option oodseg 1.0 no longer has; retrain the model with this version"
+        )
     try:
         name = meta["detector"]["name"]
         if name not in DETECTORS:
@@ -254,7 +254,6 @@ def load_bundle(path: str | Path) -> Bundle:
                 len(meta["class_names"]),
                 features=meta["features"],
                 known_head=meta.get("known_head", False),
-                stem=meta.get("stem", 0),
             )
             for _ in range(meta.get("ensemble", 1))
         ]
@@ -277,7 +276,6 @@ def load_bundle(path: str | Path) -> Bundle:
             meta.get("info", {}),
             meta.get("threshold_rule", "tpr"),
             meta.get("id_share_estimate"),
-            meta.get("tta", "none"),
             meta.get("smooth", 0.0),
             meta.get("smooth_classes", 0.0),
         )
@@ -298,15 +296,14 @@ def train(
     data: ImageDataset,
     *,
     detector: str | None = None,
-    tpr: float = 0.95,
-    threshold: str = DEFAULT_RULE,
     config: TrainConfig | None = None,
+    scoring: ScoringConfig | None = None,
     calibration_share: float = 0.25,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
 ) -> Bundle:
     """Train a bundle on a data set's training images (sparse masks), through the fold engine with
-    every class known. The ``threshold`` rule (:mod:`oodseg.threshold`) works from the
+    every class known. ``scoring``'s threshold rule (:mod:`oodseg.threshold`) works from the
     calibration annotations (``tpr``: keep that share of them) and the calibration images'
     unlabelled pixels (``pu``): the ``val`` images' if the data set has some, else a seeded
     ``calibration_share`` of each class's strokes (connected components; at least one of a
@@ -315,14 +312,11 @@ def train(
     ``detector`` None: pu where the network learns the PU head (``config.unlabelled`` auto on RGB
     images whose data declare background), else gen."""
     config = config or TrainConfig()
+    scoring = scoring or ScoringConfig()
     if detector is not None and detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; choose from: {', '.join(DETECTORS)}")
-    if not 0 < tpr < 1:
-        raise ValueError(f"target TPR must be strictly between 0 and 1, got {tpr}")
-    if threshold not in RULES:
-        raise ValueError(f"unknown threshold rule {threshold!r}; choose one of: {', '.join(RULES)}")
     if detector == "pu" and config.unlabelled == "ignore":
-        raise ValueError("the pu detector needs --unlabelled nnpu (or nnpu-head)")
+        raise ValueError("the pu detector needs --unlabelled nnpu")
     if not 0 < calibration_share < 1:
         raise ValueError(f"calibration share must be in (0, 1), got {calibration_share}")
     k = len(data.class_names)
@@ -333,7 +327,7 @@ def train(
     detector = detector or ("pu" if config.known_head else "gen")
     if detector == "pu" and not config.known_head:
         raise ValueError(
-            "the pu detector needs --unlabelled nnpu (or nnpu-head): --unlabelled auto trains "
+            "the pu detector needs --unlabelled nnpu: --unlabelled auto trains "
             "the PU head only on RGB images whose data declare background"
         )
     if data.split("val"):
@@ -370,12 +364,19 @@ def train(
     known = tuple(range(1, k + 1))
     net = train_network(collection, known, config, checkpoint_dir=checkpoint_dir, resume=resume)
     broadcast_module(net)
-    run = Inference.of(config)
+    run = Inference.of(config, scoring)
     # After distributed training every process holds the same network: each runs its share of
     # the images and the per-image results are gathered in image order, so the detector and the
     # threshold are exactly what one process would compute.
     fitted = fit_scorer(
-        collection, net, known, [detector], tpr, run, rule=threshold, seed=config.seed
+        collection,
+        net,
+        known,
+        [detector],
+        scoring.tpr,
+        run,
+        rule=scoring.threshold,
+        seed=config.seed,
     )
     return Bundle(
         net.eval(),
@@ -383,11 +384,12 @@ def train(
         data.class_names,
         collection.normaliser,
         fitted.thresholds[detector],
-        tpr,
+        scoring.tpr,
         config.preset,
         config.features,
         {
             "train": asdict(config),
+            "scoring": asdict(scoring),
             "images": {
                 "train": [s.name for s in samples],
                 "calibration": [s.name for s, m in zip(images, cal_masks, strict=True) if m.any()],
@@ -400,11 +402,10 @@ def train(
             if data.split("val")
             else f"{calibration_share:.0%} of strokes",
         },
-        threshold,
+        scoring.threshold,
         fitted.points[detector].id_share,
-        config.tta,
-        config.smooth,
-        config.smooth_classes,
+        scoring.smooth,
+        scoring.smooth_classes,
     )
 
 

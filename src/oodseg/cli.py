@@ -1,166 +1,172 @@
 """Command line: ``oodseg crossval`` evaluates the method on a data set; ``oodseg train`` and
-``oodseg predict`` use it on your own images. Every output is written atomically."""
+``oodseg predict`` use it on your own images. The options of the run (network, training,
+unlabelled pixels, hardware, scoring, protocol) are generated from the configuration dataclasses
+(:mod:`oodseg.config`, :class:`oodseg.crossval.CrossvalConfig`), where each is declared once;
+this module adds only the options that name files. Every output is written atomically."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import shutil
-from dataclasses import fields
+from collections.abc import Callable, Collection
+from dataclasses import MISSING, fields, is_dataclass
+from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.progress import track
 
 from oodseg.bundle import load_bundle, train
-from oodseg.crossval import DEFAULT_DETECTORS, CrossvalConfig, crossval, prepare
-from oodseg.distributed import rank_and_world
-from oodseg.io import check_nan_policy, read_image, write_folder
-from oodseg.manifest import (
-    ImageDataset,
-    from_folders,
-    image_files,
-    load_manifest,
-    with_nan_policy,
+from oodseg.config import (
+    DATA,
+    OUTPUT,
+    PANELS,
+    SCORING,
+    HardwareConfig,
+    ScoringConfig,
+    TrainConfig,
 )
-from oodseg.threshold import DEFAULT_RULE
-from oodseg.training import TrainConfig
+from oodseg.crossval import CrossvalConfig, crossval, prepare
+from oodseg.detectors import DETECTORS
+from oodseg.distributed import rank_and_world
+from oodseg.evaluate import evaluate
+from oodseg.io import check_nan_policy, read_image, read_mask, write_folder
+from oodseg.manifest import ImageDataset, from_folders, image_files, load_manifest, with_nan_policy
+from oodseg.report import (
+    print_summary,
+    write_evaluation,
+    write_html,
+    write_prediction,
+    write_run,
+    write_suggestions,
+)
+from oodseg.runstore import merge_runs
+from oodseg.suggest import regions_csv, regions_json
 
-# Options shared by several commands, declared once.
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-Overwrite = Annotated[bool, typer.Option(help="Replace a non-empty output folder.")]
-Tpr = Annotated[float, typer.Option(help="Target TPR of the threshold on calibration ID pixels.")]
-Threshold = Annotated[
-    str,
-    typer.Option(
-        help="Threshold rule of the K+1 map: tpr (keep --tpr of the calibration annotations, the "
-        "paper's) or pu (flag the OOD share of the unlabelled pixels estimated by best-bin "
-        "estimation)."
-    ),
-]
-Preset = Annotated[
-    str,
-    typer.Option(help="Network preset: small (CPU) or reference (FlexibleUNet, EfficientNet-B4)."),
-]
-Features = Annotated[
-    str,
-    typer.Option(
-        help="Per-pixel features: last (decoder's last map) or hypercolumn (every decoder stage)."
-    ),
-]
-EncoderWeights = Annotated[
-    Path | None,
-    typer.Option(help="Local encoder weights for the reference preset (never downloaded)."),
-]
-Epochs = Annotated[int, typer.Option(help="Training epochs (per network).")]
-PatchesPerEpoch = Annotated[int, typer.Option(help="Training patches per epoch.")]
-BatchSize = Annotated[int, typer.Option(help="Training patches per batch.")]
-Lr = Annotated[float, typer.Option(help="Learning rate (AdamW, cosine schedule).")]
-Patch = Annotated[
-    int | None, typer.Option(help="Training patch side (default: 64 for scenes, 128 for frames).")
-]
-Seed = Annotated[int, typer.Option(help="Seed of annotations, splits, training and calibration.")]
-Loss = Annotated[str, typer.Option(help="Training loss: ce (cross-entropy) or logitnorm.")]
-LogitnormTemperature = Annotated[float, typer.Option(help="Temperature of the LogitNorm loss.")]
-Unlabelled = Annotated[
-    str,
-    typer.Option(
-        help="Unlabelled pixels: auto (nnpu for RGB images whose data declare background, else "
-        "ignore), ignore (the paper: no loss), nnpu (a known-vs-unknown head trained with the "
-        "non-negative PU risk, through the whole network; adds the pu detector) or nnpu-head "
-        "(the same head on the features of a CE-trained network)."
-    ),
-]
-PuPrior = Annotated[
-    float, typer.Option(help="Share of known-class pixels among the unlabelled ones (nnPU risk).")
-]
-PuWeight = Annotated[float, typer.Option(help="Weight of the nnPU risk next to cross-entropy.")]
-Precision = Annotated[str, typer.Option(help="32, or bf16-mixed (bf16 autocast, on a GPU).")]
-Tta = Annotated[
-    str,
-    typer.Option(
-        help="Test-time augmentation: none, flip (outputs averaged over 4 flips) or dihedral "
-        "(8 flips and quarter turns); a bundle predicts with the one it was calibrated with."
-    ),
-]
-InputPca = Annotated[
-    int,
-    typer.Option(
-        help="Hyperspectral input: images of more bands than this are projected onto this many "
-        "principal components of the training pixels (0: every band)."
-    ),
-]
-Stem = Annotated[
-    int,
-    typer.Option(
-        help="Images of more bands than this pass through a learned 1 x 1 convolution to this "
-        "many channels first (0: off)."
-    ),
-]
-Dropout = Annotated[
-    float,
-    typer.Option(help="Dropout rate after every convolution block while training (0: off)."),
-]
-Ensemble = Annotated[
-    int,
-    typer.Option(
-        help="Networks in a deep ensemble (seeds seed, seed + 1, ...): their mean logits and "
-        "joined features are scored; training costs this many times one network's."
-    ),
-]
-Smooth = Annotated[
-    float,
-    typer.Option(
-        help="Gaussian smoothing of the score maps, standard deviation in pixels (0: off)."
-    ),
-]
-SmoothClasses = Annotated[
-    float,
-    typer.Option(
-        help="Gaussian smoothing of the class probabilities before the K+1 map's arg-max, "
-        "standard deviation in pixels (0: off)."
-    ),
-]
-ChannelsLast = Annotated[
-    bool, typer.Option(help="Channels-last memory format (faster convolutions on GPUs).")
-]
-NanPolicy = Annotated[
-    str, typer.Option(help="NaN / Inf in an image: error, or zero (set them to 0).")
-]
-Data = Annotated[Path | None, typer.Option(help="YAML manifest of the data set.")]
+
+def _config_parameters(cls: type, only: Collection[str] | None = None) -> list[inspect.Parameter]:
+    """One keyword parameter per field of a configuration dataclass (nested ones flattened), its
+    type, default, help and panel taken from the field; a tuple field is one comma-separated
+    string."""
+    hints = get_type_hints(cls)
+    params = []
+    for f in fields(cls):
+        if is_dataclass(hints[f.name]):
+            params += _config_parameters(hints[f.name], only)
+            continue
+        if only is not None and f.name not in only:
+            continue
+        kind = str | None if f.metadata["csv"] else hints[f.name]
+        info = typer.Option(help=f.metadata["help"], rich_help_panel=f.metadata["panel"])
+        default = f.default if f.default is not MISSING else None
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[kind, info],
+            )
+        )
+    return params
+
+
+def _build(cls: type, options: dict[str, Any]) -> Any:
+    """A configuration dataclass from a command's options (those named like its fields)."""
+    hints = get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if is_dataclass(hints[f.name]):
+            values[f.name] = _build(hints[f.name], options)
+        elif f.name in options:
+            value = options[f.name]
+            values[f.name] = _csv(value) if f.metadata["csv"] and value is not None else value
+    return cls(**values)
+
+
+def configured(*classes: type, only: Collection[str] | None = None) -> Callable:
+    """Give a command the options of these configuration dataclasses, after its own: the command
+    receives them as keyword arguments (``**options``) to build its configurations from."""
+
+    def wrap(func: Callable) -> Callable:
+        own = [
+            p
+            for p in inspect.signature(func, eval_str=True).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        params = sorted(own + [p for c in classes for p in _config_parameters(c, only)], key=_panel)
+        kw = inspect.Parameter.KEYWORD_ONLY
+        params = [p.replace(kind=kw) if _panel(p) else p for p in params]
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            return func(**kwargs)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return wrap
+
+
+def _panel(param: inspect.Parameter) -> int:
+    """Where a parameter's option is listed: arguments first, then the panels in their order."""
+    info = next(
+        (m for m in getattr(param.annotation, "__metadata__", ()) if hasattr(m, "rich_help_panel")),
+        None,
+    )
+    panel = getattr(info, "rich_help_panel", None)
+    return PANELS.index(panel) + 1 if panel in PANELS else 0
+
+
+def _opt(help: str, panel: str) -> Any:
+    return typer.Option(help=help, rich_help_panel=panel)
+
+
+# Options that name files, shared by several commands.
+Overwrite = Annotated[bool, _opt("Replace a non-empty output folder.", OUTPUT)]
+Resume = Annotated[bool, _opt("Continue an interrupted run from what it had finished.", OUTPUT)]
+NanPolicy = Annotated[str, _opt("NaN / Inf in an image: error, or zero (set them to 0).", DATA)]
+Data = Annotated[Path | None, _opt("YAML manifest of the data set.", DATA)]
 ModelDir = Annotated[Path, typer.Option(help="Model bundle folder (from oodseg train).")]
 InputImages = Annotated[Path, typer.Option(help="An image file, or a folder of images.")]
 Variable = Annotated[str | None, typer.Option(help="Array name inside .mat / .npz / HDF5 files.")]
-Images = Annotated[Path | None, typer.Option(help="Folder of images.")]
-Masks = Annotated[Path | None, typer.Option(help="Folder of masks, matched to images by stem.")]
+Images = Annotated[Path | None, _opt("Folder of images.", DATA)]
+Masks = Annotated[Path | None, _opt("Folder of masks, matched to images by stem.", DATA)]
 Classes = Annotated[
-    str | None, typer.Option(help="Comma-separated class names (mask values 1..K), with --images.")
+    str | None, _opt("Comma-separated class names (mask values 1..K), with --images.", DATA)
 ]
-Ignore = Annotated[
-    int | None, typer.Option(help="Mask value that is neither a class nor unlabelled.")
-]
+Ignore = Annotated[int | None, _opt("Mask value that is neither a class nor unlabelled.", DATA)]
+DEVICE_ONLY = ("device",)  # the one hardware option of suggest and evaluate
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 
 
+def _version(show: bool) -> None:
+    if show:
+        console.print(f"oodseg {version('oodseg')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
     """oodseg: segmentation from sparse positive-only labels with pixel-wise OOD detection."""
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
-    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
-
-
-def _train_config(options: dict) -> TrainConfig:
-    """The one place where commands build their training set-up (checked before any work): from
-    a command's options, those named like :class:`TrainConfig`'s fields."""
-    chosen = {f.name: options[f.name] for f in fields(TrainConfig) if f.name in options}
-    if chosen.get("encoder_weights") is not None:
-        chosen["encoder_weights"] = str(chosen["encoder_weights"])
-    return TrainConfig(**chosen)
+    if value is None:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 crossval_app = typer.Typer(no_args_is_help=False)
@@ -168,135 +174,24 @@ app.add_typer(crossval_app, name="crossval")
 
 
 @crossval_app.callback(invoke_without_command=True)
+@configured(CrossvalConfig)
 def crossval_command(
     ctx: typer.Context,
     out: Annotated[
-        Path | None,
-        typer.Option(help="Output folder (must be new or empty, or use --overwrite)."),
+        Path | None, _opt("Output folder (must be new or empty, or use --overwrite).", OUTPUT)
     ] = None,
-    dataset: Annotated[
-        str,
-        typer.Option(
-            help="Ready-made data set: indian_pines (embedded) or endoscapes (--data-root)."
-        ),
-    ] = "indian_pines",
     data: Data = None,
     images: Images = None,
     masks: Masks = None,
     classes: Classes = None,
     background: Annotated[
-        str | None,
-        typer.Option(help="With --images: comma-separated mask values of known background (OOD)."),
+        str | None, _opt("With --images: comma-separated mask values of known background.", DATA)
     ] = None,
     ignore: Ignore = None,
     nan_policy: NanPolicy = "error",
-    data_root: Annotated[
-        Path | None, typer.Option(help="Folder of Endoscapes in its official layout.")
-    ] = None,
-    protocols: Annotated[
-        str | None,
-        typer.Option(
-            help="background (background as OOD) and/or loco (leave one class out), "
-            "comma-separated; default: every protocol the data set allows."
-        ),
-    ] = None,
-    hold_out: Annotated[
-        str | None,
-        typer.Option(
-            help="loco: comma-separated classes to hold out (names or numbers); default all."
-        ),
-    ] = None,
-    split: Annotated[
-        str | None,
-        typer.Option(
-            help="Single scene: scene (strokes anywhere, default) or blocks (disjoint blocks)."
-        ),
-    ] = None,
-    margin: Annotated[
-        int | None,
-        typer.Option(
-            help="Single scene, scene split: pixels around strokes not tested (default 1)."
-        ),
-    ] = None,
-    calibration: Annotated[
-        str | None,
-        typer.Option(
-            help="Single scene, scene split: calibration strokes held out at random (strokes, "
-            "default) or as the strokes nearest to one of each class's (region)."
-        ),
-    ] = None,
-    scale: Annotated[
-        float | None,
-        typer.Option(
-            help="Frame sets: resize factor of the images (Endoscapes default 0.5, else 1)."
-        ),
-    ] = None,
-    max_frames: Annotated[
-        int | None,
-        typer.Option(help="Endoscapes: frames kept per split, evenly spread (quick runs)."),
-    ] = None,
-    baselines: Annotated[
-        bool,
-        typer.Option(
-            help="Also train each fold's fully supervised baseline (on the dense labels)."
-        ),
-    ] = True,
-    detectors: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated detector names (default: "
-            + ",".join(DEFAULT_DETECTORS)
-            + "; pu first where the network has the PU head)."
-        ),
-    ] = None,
-    tpr: Tpr = 0.95,
-    threshold: Threshold = DEFAULT_RULE,
-    annotation: Annotated[
-        str, typer.Option(help="Simulated annotator: strokes or points.")
-    ] = "strokes",
-    budget: Annotated[
-        float | None,
-        typer.Option(
-            help="Share of each class's pixels annotated (default: 0.05 scene, 0.10 blocks, "
-            "0.02 per frame)."
-        ),
-    ] = None,
-    preset: Preset = "small",
-    features: Features = "last",
-    encoder_weights: EncoderWeights = None,
-    epochs: Epochs = TrainConfig.epochs,
-    patches_per_epoch: PatchesPerEpoch = TrainConfig.patches_per_epoch,
-    batch_size: BatchSize = TrainConfig.batch_size,
-    lr: Lr = TrainConfig.lr,
-    patch: Patch = None,
-    seed: Seed = 0,
-    loss: Loss = "ce",
-    logitnorm_temperature: LogitnormTemperature = TrainConfig.logitnorm_temperature,
-    unlabelled: Unlabelled = TrainConfig.unlabelled,
-    pu_prior: PuPrior = TrainConfig.pu_prior,
-    pu_weight: PuWeight = TrainConfig.pu_weight,
-    device: Device = "auto",
-    precision: Precision = "32",
-    channels_last: ChannelsLast = False,
-    tta: Tta = "none",
-    input_pca: InputPca = TrainConfig.input_pca,
-    stem: Stem = TrainConfig.stem,
-    dropout: Dropout = TrainConfig.dropout,
-    smooth: Smooth = TrainConfig.smooth,
-    smooth_classes: SmoothClasses = TrainConfig.smooth_classes,
-    ensemble: Ensemble = TrainConfig.ensemble,
-    fold: Annotated[
-        int | None,
-        typer.Option(
-            help="Run only job i (1-based: the folds, then the baseline; one job of a cluster "
-            "array); merge with 'crossval merge'."
-        ),
-    ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(help="Continue an interrupted run into --out, keeping its finished folds."),
-    ] = False,
+    resume: Resume = False,
     overwrite: Overwrite = False,
+    **options: Any,
 ) -> None:
     """Cross-validation without OOD labels: train without each class in turn and score it as OOD
     (loco), and score the declared background as OOD (background), with baselines. On the
@@ -314,24 +209,8 @@ def crossval_command(
         if not resume:
             _new_folder(out, overwrite)
         own = data is not None or images is not None
-        config = CrossvalConfig(
-            dataset="data" if own else dataset,
-            data_root=str(data_root) if data_root else None,
-            protocols=_csv(protocols),
-            detectors=None if detectors is None else _csv(detectors) or (),
-            classes=_csv(hold_out),
-            tpr=tpr,
-            threshold=threshold,
-            annotation=annotation,
-            budget=budget,
-            split=split,
-            margin=margin,
-            calibration=calibration,
-            scale=scale,
-            max_frames=max_frames,
-            baselines=baselines,
-            fold=fold,
-            train=_train_config(locals()),
+        config = _build(
+            CrossvalConfig, {**options, "dataset": "data" if own else options["dataset"]}
         )
         own_data = (
             _dataset(data, images, masks, classes, ignore, nan_policy, _ints(background))
@@ -344,8 +223,6 @@ def crossval_command(
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
-    from oodseg.report import print_summary
-
     if not resume:
         shutil.rmtree(partial, ignore_errors=True)
     try:
@@ -410,12 +287,15 @@ def merge_command(
     overwrite: Overwrite = False,
 ) -> None:
     """Merge fold jobs of one configuration into one set of results and figures."""
-    from oodseg.report import print_summary, write_merged
-
     merged = {}
+
+    def write(tmp: Path) -> None:
+        merged.update(merge_runs(tmp, runs))
+        write_run(tmp, merged)
+
     try:
         _new_folder(out, overwrite)
-        write_folder(out, lambda tmp: merged.update(write_merged(tmp, runs)))
+        write_folder(out, write)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
@@ -424,62 +304,25 @@ def merge_command(
 
 
 @app.command("train")
+@configured(TrainConfig, ScoringConfig)
 def train_command(
-    out: Annotated[Path, typer.Option(help="Model bundle folder to write.")],
+    out: Annotated[Path, _opt("Model bundle folder to write.", OUTPUT)],
     data: Data = None,
     images: Images = None,
     masks: Masks = None,
     classes: Classes = None,
     ignore: Ignore = None,
+    nan_policy: NanPolicy = "error",
     detector: Annotated[
         str | None,
-        typer.Option(
-            help="OOD detector stored with the model (default: pu with a PU head, else gen)."
-        ),
+        _opt("OOD detector stored with the model (default: pu with a PU head, else gen).", SCORING),
     ] = None,
-    tpr: Tpr = 0.95,
-    threshold: Threshold = DEFAULT_RULE,
-    preset: Preset = "small",
-    features: Features = "last",
-    encoder_weights: EncoderWeights = None,
-    epochs: Epochs = TrainConfig.epochs,
-    patches_per_epoch: PatchesPerEpoch = TrainConfig.patches_per_epoch,
-    batch_size: BatchSize = TrainConfig.batch_size,
-    lr: Lr = TrainConfig.lr,
-    patch: Patch = None,
-    seed: Seed = 0,
-    loss: Loss = "ce",
-    logitnorm_temperature: LogitnormTemperature = TrainConfig.logitnorm_temperature,
-    unlabelled: Unlabelled = TrainConfig.unlabelled,
-    pu_prior: PuPrior = TrainConfig.pu_prior,
-    pu_weight: PuWeight = TrainConfig.pu_weight,
-    nan_policy: NanPolicy = "error",
-    device: Device = "auto",
-    precision: Precision = "32",
-    channels_last: ChannelsLast = False,
-    tta: Tta = "none",
-    input_pca: InputPca = TrainConfig.input_pca,
-    stem: Stem = TrainConfig.stem,
-    dropout: Dropout = TrainConfig.dropout,
-    smooth: Smooth = TrainConfig.smooth,
-    smooth_classes: SmoothClasses = TrainConfig.smooth_classes,
-    ensemble: Ensemble = TrainConfig.ensemble,
-    devices: Annotated[
-        int, typer.Option(help="Processes per node: GPUs, or CPU processes (gloo).")
-    ] = 1,
-    num_nodes: Annotated[int, typer.Option(help="Nodes (multi-node DDP).")] = 1,
-    strategy: Annotated[
-        str, typer.Option(help="Lightning strategy: auto, or ddp for several devices / nodes.")
-    ] = "auto",
-    resume: Annotated[
-        bool, typer.Option(help="Continue an interrupted run from its last epoch's checkpoint.")
-    ] = False,
+    resume: Resume = False,
     overwrite: Overwrite = False,
+    **options: Any,
 ) -> None:
     """Train a model on images with sparse masks and save it as a bundle (safetensors + JSON).
     Checkpoints go to a hidden folder beside --out (.NAME.checkpoints) until the bundle is saved."""
-    from oodseg.detectors import DETECTORS
-
     checkpoints = out.parent / f".{out.name}.checkpoints"
     try:
         _new_folder(out, overwrite)
@@ -487,18 +330,15 @@ def train_command(
             raise ValueError(f"nothing to resume: {checkpoints / 'last.ckpt'} does not exist")
         if detector is not None and detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}; choose from: {', '.join(DETECTORS)}")
-        if not 0 < tpr < 1:
-            raise ValueError(f"target TPR must be strictly between 0 and 1, got {tpr}")
-        config = _train_config(locals())
+        config, scoring = _build(TrainConfig, options), _build(ScoringConfig, options)
         dataset = _dataset(data, images, masks, classes, ignore, nan_policy)
         if not resume:
             shutil.rmtree(checkpoints, ignore_errors=True)
         bundle = train(
             dataset,
             detector=detector,
-            tpr=tpr,
-            threshold=threshold,
             config=config,
+            scoring=scoring,
             checkpoint_dir=checkpoints,
             resume=resume,
         )
@@ -516,33 +356,29 @@ def train_command(
 
 
 @app.command("predict")
+@configured(HardwareConfig, only=("device", "precision", "channels_last"))
 def predict_command(
     model: ModelDir,
     input: InputImages,
     out: Annotated[Path, typer.Option(help="Folder for the label maps, scores and overlays.")],
     variable: Variable = None,
     score_format: Annotated[str, typer.Option(help="Score maps as tif or npy.")] = "tif",
-    device: Device = "auto",
-    precision: Precision = "32",
-    channels_last: ChannelsLast = False,
+    **options: Any,
 ) -> None:
     """Predict K+1 label maps (0 = OOD, 1..K the classes), score maps and overlays."""
-    from rich.progress import track
-
-    from oodseg.report import write_prediction
-
     try:
         if score_format not in ("tif", "npy"):
             raise ValueError(f"unknown score format {score_format!r}; choose tif or npy")
+        hardware = _build(HardwareConfig, options)
         bundle = load_bundle(model)
         files = [input] if input.is_file() else image_files(input)
         for path in track(files, description="predicting", console=console):
             image = read_image(path, variable)
             labels, scores = bundle.predict(
                 image,
-                device=device,
-                precision=precision,
-                channels_last=channels_last,
+                device=hardware.device,
+                precision=hardware.precision,
+                channels_last=hardware.channels_last,
                 source=str(path),
             )
             write_prediction(out, path, image, labels, scores, bundle, score_format)
@@ -553,6 +389,7 @@ def predict_command(
 
 
 @app.command("suggest")
+@configured(HardwareConfig, only=DEVICE_ONLY)
 def suggest_command(
     model: ModelDir,
     input: InputImages,
@@ -564,21 +401,16 @@ def suggest_command(
     top: Annotated[int, typer.Option(help="Regions kept per image.")] = 10,
     min_area: Annotated[int, typer.Option(help="Smallest region, in pixels.")] = 9,
     variable: Variable = None,
-    device: Device = "auto",
     overwrite: Overwrite = False,
+    **options: Any,
 ) -> None:
     """Rank, per image, the regions where a new stroke would help most (uncertain between known
     classes, or near the threshold): suggestions.json / .csv, an overlay with the regions
     numbered, and an interactive viewer page per image."""
-    from rich.progress import track
-
-    from oodseg.io import read_mask
-    from oodseg.report import write_suggestions
-    from oodseg.suggest import regions_csv, regions_json
-
     try:
         if top < 1 or min_area < 1:
             raise ValueError(f"--top and --min-area must be at least 1, got {top} and {min_area}")
+        device = _build(HardwareConfig, options).device
         _new_folder(out, overwrite)
         bundle = load_bundle(model)
         files = [input] if input.is_file() else image_files(input)
@@ -623,6 +455,7 @@ def suggest_command(
 
 
 @app.command("evaluate")
+@configured(HardwareConfig, only=DEVICE_ONLY)
 def evaluate_command(
     model: ModelDir,
     out: Annotated[Path, typer.Option(help="Folder for results and figures.")],
@@ -630,14 +463,12 @@ def evaluate_command(
         Path, typer.Option(help="YAML manifest of labelled images (its 'ood' values: OOD truth).")
     ],
     nan_policy: NanPolicy = "error",
-    device: Device = "auto",
     overwrite: Overwrite = False,
+    **options: Any,
 ) -> None:
     """Score a model on labelled images: ID = the classes' pixels, OOD = the manifest's ood values."""
-    from oodseg.evaluate import evaluate
-    from oodseg.report import write_evaluation
-
     try:
+        device = _build(HardwareConfig, options).device
         _new_folder(out, overwrite)
         dataset = with_nan_policy(load_manifest(data), check_nan_policy(nan_policy))
         evaluation = evaluate(load_bundle(model), dataset, device=device)
@@ -655,8 +486,6 @@ def report_command(
     folder: Annotated[Path, typer.Argument(help="A crossval or evaluate output folder.")],
 ) -> None:
     """Write FOLDER/report.html: tables and figures in one self-contained page."""
-    from oodseg.report import write_html
-
     try:
         path = write_html(folder)
     except (FileNotFoundError, ValueError) as e:

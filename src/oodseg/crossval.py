@@ -11,19 +11,31 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 
+from oodseg.config import (
+    BACKGROUND,
+    DATA,
+    OUTPUT,
+    PRESETS,
+    PROTOCOL,
+    SCORING,
+    ScoringConfig,
+    TrainConfig,
+    option,
+)
 from oodseg.datasets import DATASETS, FRAME_DATASETS, load_dataset
 from oodseg.detectors import DETECTORS
-from oodseg.engine import BACKGROUND, Collection, Fold, collect, run_fold
+from oodseg.engine import Collection, Fold, FoldResult, collect, run_fold
+from oodseg.figures import PanelView, plot_panels, rgb_view
 from oodseg.manifest import ImageDataset
-from oodseg.model import PRESETS
-from oodseg.results import assemble
+from oodseg.report import write_run
+from oodseg.runstore import assemble, fold_stem, load_fold_files, same_config, save_fold
 from oodseg.runtime import machine, package_versions, torch_device
 from oodseg.sources import (
     PROTOCOLS,
@@ -34,8 +46,8 @@ from oodseg.sources import (
     folds,
     scene_collection,
 )
-from oodseg.threshold import DEFAULT_RULE, RULES
-from oodseg.training import TrainConfig
+from oodseg.suggest import suggest_regions
+from oodseg.viewer import Layer, Picture, save_layer, save_picture
 
 # GEN first: the detector the report's panels show. Over both protocols and both feature choices on
 # Indian Pines it had the best mean AUROC, at 0.4x the forward pass and with nothing to fit. A
@@ -62,33 +74,70 @@ class CrossvalConfig:
     single scene takes ``split`` and ``margin``, a frame set ``scale`` (and Endoscapes
     ``max_frames``)."""
 
-    dataset: str = "indian_pines"  # a built-in scene, "endoscapes" (with data_root), or "data"
-    data_root: str | None = None
-    protocols: tuple[str, ...] | None = None  # default: every protocol the data set allows
-    detectors: tuple[str, ...] | None = None  # None: the defaults (pu first with a PU head)
-    classes: tuple[str, ...] | None = None  # classes held out in loco (default: all)
-    tpr: float = 0.95
-    threshold: str = DEFAULT_RULE  # the rule of the K+1 map's threshold (every rule is reported)
-    annotation: str = "strokes"
-    budget: float | None = None
-    split: str | None = None  # single scene: "scene" (default) or "blocks"
-    margin: int | None = None  # single scene, scene split: pixels around strokes not tested
-    calibration: str | None = None  # single scene, scene split: "strokes" (default) or "region"
-    scale: float | None = None  # frame sets: resize factor (Endoscapes default 0.5)
-    max_frames: int | None = None  # Endoscapes: frames per split, evenly spread
-    baselines: bool = True
+    dataset: str = option(
+        "indian_pines",
+        "Ready-made data set: indian_pines (embedded) or endoscapes (with --data-root).",
+        DATA,
+    )
+    data_root: str | None = option(None, "Folder of Endoscapes in its official layout.", DATA)
+    scale: float | None = option(
+        None, "Frame sets: resize factor of the images (Endoscapes default 0.5, else 1).", DATA
+    )
+    max_frames: int | None = option(
+        None, "Endoscapes: frames kept per split, evenly spread (quick runs).", DATA
+    )
+    protocols: tuple[str, ...] | None = option(
+        None,
+        "background (background as OOD) and/or loco (leave one class out), comma-separated; "
+        "default: every protocol the data set allows.",
+        PROTOCOL,
+        csv=True,
+    )
+    hold_out: tuple[str, ...] | None = option(
+        None,
+        "loco: classes to hold out, comma-separated (names or numbers); default all.",
+        PROTOCOL,
+        csv=True,
+    )
+    split: str | None = option(
+        None,
+        "Single scene: scene (strokes anywhere, default) or blocks (disjoint blocks).",
+        PROTOCOL,
+    )
+    margin: int | None = option(
+        None, "Single scene, scene split: pixels around strokes not tested (default 1).", PROTOCOL
+    )
+    annotation: str = option("strokes", "Simulated annotator: strokes or points.", PROTOCOL)
+    budget: float | None = option(
+        None,
+        "Share of each class's pixels annotated (default: 0.05 scene, 0.10 blocks, 0.02 per "
+        "frame).",
+        PROTOCOL,
+    )
+    baselines: bool = option(
+        True,
+        "Also train each fold's fully supervised network on the dense labels (the upper bound; "
+        "doubles the training time).",
+        PROTOCOL,
+    )
+    fold: int | None = option(
+        None,
+        "Run only job i (1-based; one job of a cluster array); join them with 'crossval merge'.",
+        OUTPUT,
+    )
+    detectors: tuple[str, ...] | None = option(
+        None,
+        "Detectors, comma-separated (default: " + ",".join(DEFAULT_DETECTORS) + "; pu first "
+        "where the network has the PU head).",
+        SCORING,
+        csv=True,
+    )
     train: TrainConfig = field(default_factory=TrainConfig)
-    fold: int | None = None  # run only this job (1-based): one job of a cluster array
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
 
     def __post_init__(self) -> None:
         if self.fold is not None and self.fold < 1:
             raise ValueError(f"--fold counts from 1, got {self.fold}")
-        if not 0 < self.tpr < 1:
-            raise ValueError(f"target TPR must be strictly between 0 and 1, got {self.tpr}")
-        if self.threshold not in RULES:
-            raise ValueError(
-                f"unknown threshold rule {self.threshold!r}; choose one of: {', '.join(RULES)}"
-            )
         if self.split is not None and self.split not in SCENE_BUDGET:
             raise ValueError(f"unknown split {self.split!r}; choose scene or blocks")
         if self.annotation not in ("strokes", "points"):
@@ -97,10 +146,6 @@ class CrossvalConfig:
             )
         if self.budget is not None and not 0 < self.budget <= 1:
             raise ValueError(f"annotation budget must be in (0, 1], got {self.budget}")
-        if self.calibration not in (None, "strokes", "region"):
-            raise ValueError(
-                f"unknown calibration hold-out {self.calibration!r}; choose strokes or region"
-            )
         if self.margin is not None and self.margin < 0:
             raise ValueError(f"--margin must be 0 or more, got {self.margin}")
         if self.scale is not None and not 0 < self.scale <= 1:
@@ -121,8 +166,8 @@ class CrossvalConfig:
         pu = "pu" in (self.detectors or ())
         if pu and self.train.unlabelled != "auto" and not self.train.known_head:
             raise ValueError(
-                "the pu detector reads the known-vs-unknown head: train with --unlabelled nnpu "
-                "(or nnpu-head), or leave pu out of --detectors"
+                "the pu detector reads the known-vs-unknown head: train with --unlabelled nnpu, "
+                "or leave pu out of --detectors"
             )
         known = (*DATASETS, *FRAME_DATASETS, "data")
         if self.dataset not in known:
@@ -158,17 +203,12 @@ def prepare(
     refused = {
         "split": (config.split, not single, what),
         "margin": (config.margin, not single, what),
-        "calibration": (
-            config.calibration,
-            not single or config.split == "blocks",
-            what if not single else "the blocks split",
-        ),
         "scale": (config.scale, single, what),
         "max_frames": (config.max_frames, not endoscapes, "this data set (Endoscapes only)"),
     }
-    for option, (value, wrong, kind) in refused.items():
+    for name, (value, wrong, kind) in refused.items():
         if value is not None and wrong:
-            raise ValueError(f"--{option.replace('_', '-')} does not apply to {kind}")
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to {kind}")
     if config.dataset in FRAME_DATASETS and config.data_root is None:
         raise ValueError(f"--dataset {config.dataset} needs --data-root (its folder)")
     if config.data_root is not None and config.dataset not in FRAME_DATASETS:
@@ -180,7 +220,6 @@ def prepare(
             source=source,
             split=config.split or "scene",
             margin=1 if config.margin is None else config.margin,
-            held_out=config.calibration or "strokes",
             scale=config.scale or 1.0,
             **common,
         )
@@ -189,7 +228,6 @@ def prepare(
             load_dataset(config.dataset),
             config.split or "scene",
             margin=1 if config.margin is None else config.margin,
-            held_out=config.calibration or "strokes",
             **common,
         )
     else:
@@ -212,7 +250,7 @@ def prepare(
                 "declares none (a manifest's 'background' / 'ood' values)"
             )
     config = _for_data(config, collection)
-    jobs, skipped = folds(collection, [p for p in PROTOCOLS if p in protocols], config.classes)
+    jobs, skipped = folds(collection, [p for p in PROTOCOLS if p in protocols], config.hold_out)
     if not jobs:
         raise ValueError(
             "no fold can be run: " + "; ".join(f"{s['held_out']}: {s['reason']}" for s in skipped)
@@ -234,6 +272,7 @@ def prepare(
         "config": _config_dict(config),
         "versions": package_versions(),
         "machine": machine(device),
+        "date": time.strftime("%Y-%m-%d"),
     }
     if data is not None and data.palette:
         header["colour_masks"] = data.colour_summary()
@@ -285,8 +324,6 @@ def crossval(
     """Run the folds (each with its fully supervised baseline) into the folder ``out``: each fold's
     results and panels are written as it finishes, fold files already there (an interrupted run
     of the same configuration) are kept and not rerun. Returns ``results.json``'s content."""
-    from oodseg.report import load_fold_files, write_fold, write_run
-
     console = console or Console()
     start = time.perf_counter()
     plan = plan or prepare(config, data, source=source, console=console)
@@ -294,7 +331,7 @@ def crossval(
     setup = out / "run.json"
     if setup.is_file():
         earlier = json.loads(setup.read_text())
-        if not _same(earlier["config"], plan.header["config"]):
+        if not same_config(earlier["config"], plan.header["config"]):
             raise ValueError(
                 f"{out}: holds an interrupted run of another configuration; run without --resume "
                 "to start afresh, or choose another --out"
@@ -319,13 +356,12 @@ def crossval(
                 c,
                 fold,
                 config.train,
+                config.scoring,
                 config.detectors,
-                config.tpr,
-                rule=config.threshold,
                 baseline=plan.baseline,
                 progress=progress,
             )
-            write_fold(out, order, result, collection=c, seconds=time.perf_counter() - t)
+            _write_fold(out, order, result, collection=c, seconds=time.perf_counter() - t)
     fold_files = load_fold_files(out)
     # Wall time of this run, plus the time of the folds an interrupted run had finished.
     kept = sum(f["seconds"] for f in fold_files if f["order"] in done)
@@ -336,22 +372,88 @@ def crossval(
     return results
 
 
-def _same(a: dict, b: dict) -> bool:
-    """Whether two runs' configurations agree (apart from which fold job they ran)."""
-    return {**a, "fold": None} == {**b, "fold": None}
+def _write_fold(
+    out: Path,
+    order: int,
+    result: FoldResult,
+    *,
+    collection: Collection,
+    seconds: float = 0.0,
+) -> None:
+    """A finished fold into the run store (its rows, baselines and figure data), with its panels
+    (PNG, in ``out``) and what its viewer pages show."""
+    fold = result.fold
+    record = {
+        "order": order,
+        "seconds": seconds,
+        "fold": {
+            "protocol": fold.protocol,
+            "name": fold.name,
+            "known": [collection.class_names[c - 1] for c in fold.known],
+            "left_out": left_out(collection, fold),
+        },
+        "rows": result.rows,
+        "closed_set": result.closed_set,
+        "fully_supervised": result.fully_supervised,
+    }
+    stem = fold_stem(order, fold.key)
+    if result.panels:
+        views = [_panel_view(collection, fold, p) for p in result.panels]
+        det = result.rows[0]["detector"]
+        title = f"{collection.name}, {fold.protocol}: OOD = {fold.name}"
+        plot_panels(views, collection.class_names, det, title, out / f"panel_{stem}.png")
+        for panel, view in zip(result.panels, views, strict=True):
+            _keep_for_viewer(out, collection, fold, panel, view, stem)
+    arrays = {
+        f"{det}|{name}": np.asarray(value)
+        for det, fig in result.figures.items()
+        for name, value in fig.items()
+    }
+    save_fold(out, record, arrays)
 
 
-def merge(runs: Sequence[dict]) -> dict:
-    """Check that the headers of fold jobs (``--fold i``) describe one configuration."""
-    if not runs:
-        raise ValueError("nothing to merge")
-    base = runs[0]
-    for res in runs[1:]:
-        if not _same(res["config"], base["config"]):
-            a, b = {**base["config"], "fold": None}, {**res["config"], "fold": None}
-            diff = sorted(k for k in a if a.get(k) != b.get(k))
-            raise ValueError(f"the runs differ in configuration ({', '.join(diff)}): not one run")
-    return {**base, "config": {**base["config"], "fold": None}}
+def _panel_view(collection: Collection, fold, panel) -> PanelView:
+    s = collection.load(panel.sample)
+    ood = np.isin(s.truth, fold.ood)
+    return PanelView(
+        s.name,
+        rgb_view(s.image, collection.rgb_bands),
+        s.truth,
+        s.train + s.calibration,
+        panel.prediction,
+        panel.score_map,
+        panel.threshold,
+        ood if ood.any() else None,
+    )
+
+
+def _keep_for_viewer(
+    out: Path, collection: Collection, fold, panel, view: PanelView, stem: str
+) -> None:
+    """A panel image's picture and this fold's maps and suggested regions, for its viewer page."""
+    s = collection.load(panel.sample)
+    strokes = np.where(np.isin(view.annotated, fold.known), view.annotated, 0).astype(np.uint8)
+    picture = Picture.of(s.image, (view.rgb * 255).round(), collection.rgb_bands)
+    save_picture(out, s.name, picture, collection.class_names)
+    regions = suggest_regions(
+        s.name,
+        panel.classes,
+        panel.margin,
+        panel.score_map,
+        panel.threshold,
+        collection.class_names,
+        annotated=strokes > 0,
+    )
+    layer = Layer(
+        f"{fold.protocol}: OOD = {fold.name}",
+        panel.classes.astype(np.uint8),
+        panel.score_map,
+        panel.threshold,
+        tuple(fold.known),
+        regions,
+        strokes,
+    )
+    save_layer(out, s.name, stem, layer)
 
 
 def left_out(collection: Collection, fold: Fold) -> list[str]:

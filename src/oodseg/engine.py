@@ -27,20 +27,23 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from oodseg.config import BACKGROUND, DEFAULT_RULE, MAX_CLASSES, RULES, ScoringConfig, TrainConfig
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import KnownHead, LogitDetector, PixelOutputs, make_detector
 from oodseg.distributed import gather_by_image, my_images
 from oodseg.inference import Forward, Inference, Predictor, Scorer
-from oodseg.metrics import ScoreTally, confusion_matrix, segmentation_from_confusion
+from oodseg.metrics import (
+    OPERATING_METRICS,
+    ScoreTally,
+    confusion_matrix,
+    segmentation_from_confusion,
+)
 from oodseg.model import Ensemble, Segmenter, build_network
-from oodseg.results import OPERATING_METRICS
 from oodseg.suggest import class_margin
-from oodseg.threshold import DEFAULT_RULE, RULES, OperatingPoints, operating_points
-from oodseg.training import IGNORE, TrainConfig, fit
+from oodseg.threshold import OperatingPoints, operating_points
+from oodseg.training import IGNORE, fit
 
 ROLES = ("train", "calibration", "truth", "dense")  # the masks of a sample
-BACKGROUND = 255  # truth value of a known pixel of none of the classes (background, declared OOD)
-MAX_CLASSES = 254  # class ids 1..254 fit the uint8 masks beside 0 (not scored) and BACKGROUND
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,6 @@ def train_network(
             features=config.features,
             encoder_weights=config.encoder_weights,
             known_head=config.known_head,
-            stem=config.stem,
             dropout=config.dropout,
         )
         member_dir = checkpoint_dir
@@ -613,23 +615,30 @@ def run_fold(
     collection: Collection,
     fold: Fold,
     config: TrainConfig,
+    scoring: ScoringConfig,
     detectors: Sequence[str],
-    tpr: float,
     *,
-    rule: str = DEFAULT_RULE,
     baseline: bool = False,
     progress: Progress | None = None,
     net: Segmenter | Ensemble | None = None,
 ) -> FoldResult:
     """Train without the OOD classes, fit and calibrate every detector (the K+1 map at the
-    ``rule``'s threshold), score the test pixels; with ``baseline``, also the fully supervised
+    threshold of ``scoring``'s rule), score the test pixels; with ``baseline``, also the fully supervised
     network of the fold (:func:`fully_supervised`). ``net``: the fold's network, already trained
     by :func:`train_network` (scoring levers are then compared on one network)."""
-    run = Inference.of(config)
+    run = Inference.of(config, scoring)
     if net is None:
         net = train_network(collection, fold.known, config, progress=progress is not None)
     fitted = fit_scorer(
-        collection, net, fold.known, detectors, tpr, run, rule=rule, ood=fold.ood, seed=config.seed
+        collection,
+        net,
+        fold.known,
+        detectors,
+        scoring.tpr,
+        run,
+        rule=scoring.threshold,
+        ood=fold.ood,
+        seed=config.seed,
     )
     tallies, closed, panels = test_pass(
         collection,
@@ -644,7 +653,7 @@ def run_fold(
     # The dense baseline learns no known-vs-unknown head: its map takes the first other detector.
     dense_detector = next((d for d in detectors if d != KnownHead.name), "gen")
     full = (
-        fully_supervised(collection, fold, config, dense_detector, tpr, rule, progress=progress)
+        fully_supervised(collection, fold, config, scoring, dense_detector, progress=progress)
         if baseline
         else None
     )
@@ -664,9 +673,8 @@ def fully_supervised(
     collection: Collection,
     fold: Fold,
     config: TrainConfig,
+    scoring: ScoringConfig,
     detector: str,
-    tpr: float,
-    rule: str = DEFAULT_RULE,
     *,
     progress: Progress | None = None,
 ) -> dict:
@@ -674,7 +682,7 @@ def fully_supervised(
     the training images. Where the OOD truth is the declared background, background is one more
     class: a test pixel is OOD where it wins, and 1 - P(background) ranks the pixels. Where it is
     a held-out class (loco), the network learns the known classes' dense labels and ``detector``
-    and the threshold ``rule`` make its K+1 map, as for the sparse annotations."""
+    and ``scoring``'s threshold rule make its K+1 map, as for the sparse annotations."""
     config = replace(config, unlabelled="ignore")  # every pixel of a class is labelled here
     with_background = fold.protocol == "background"
     net = train_network(
@@ -685,7 +693,8 @@ def fully_supervised(
         background_class=with_background,
         progress=progress is not None,
     )
-    run = Inference.of(config)
+    run = Inference.of(config, scoring)
+    rule = scoring.threshold
     if with_background:
         predictor = Predictor(net.eval(), collection.normaliser, config.preset, run)
         scorer = Scorer(predictor, {detector: _BackgroundProbability()})
@@ -693,7 +702,7 @@ def fully_supervised(
         how = "background as a class"
     else:
         fitted = fit_scorer(
-            collection, net, fold.known, [detector], tpr, run, rule=rule, seed=config.seed
+            collection, net, fold.known, [detector], scoring.tpr, run, rule=rule, seed=config.seed
         )
         scorer, thresholds = fitted.scorer, fitted.thresholds
         how = f"{detector}, {rule} threshold"

@@ -14,10 +14,10 @@ import numpy as np
 from rich.progress import track
 
 from oodseg.bundle import OOD_LABEL, Bundle, Maps
-from oodseg.engine import BACKGROUND
+from oodseg.config import BACKGROUND
+from oodseg.figures import PanelView, rgb_view
 from oodseg.manifest import ImageDataset, read_sample
 from oodseg.metrics import ScoreTally, ood_metrics, segmentation_from_confusion
-from oodseg.report import PanelView, rgb_view
 from oodseg.suggest import suggest_regions
 from oodseg.viewer import Layer, Picture
 

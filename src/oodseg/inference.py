@@ -21,25 +21,23 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
+from oodseg.config import PRECISIONS, ScoringConfig, TrainConfig
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import Detector, InputDetector, PixelOutputs, StreamingDetector
 from oodseg.model import PRESETS, Ensemble, Segmenter
 from oodseg.runtime import torch_device
-from oodseg.training import PRECISIONS, TTA, TrainConfig
 
 
 @dataclass(frozen=True)
 class Inference:
-    """How a network runs: device, window side (``tile``), bf16 autocast, channels-last memory
-    (always on the CPU, see :attr:`memory_format`; on a GPU where asked), and test-time
-    augmentation (``tta``: the outputs averaged over the image's flips, or over its flips and
-    90-degree rotations, each transformed back)."""
+    """How a network runs and its maps are smoothed: device, window side (``tile``), bf16
+    autocast, channels-last memory (always on the CPU, see :attr:`memory_format`; on a GPU where
+    asked), and the Gaussian smoothing of the score maps and class probabilities."""
 
     device: str = "cpu"
     tile: int = 1024
     precision: str = "32"  # or "bf16-mixed"
     channels_last: bool = False
-    tta: str = "none"  # "none", "flip" (4 views) or "dihedral" (8 views)
     smooth: float = 0.0  # score maps Gaussian-filtered with this standard deviation (pixels)
     smooth_classes: float = 0.0  # class probabilities alike, before the arg-max (pixels)
 
@@ -50,30 +48,17 @@ class Inference:
             )
         if self.tile < 16:
             raise ValueError(f"the window side must be at least 16 pixels, got {self.tile}")
-        if self.tta not in TTA:
-            raise ValueError(
-                f"unknown test-time augmentation {self.tta!r}; choose one of: {', '.join(TTA)}"
-            )
 
     @classmethod
-    def of(cls, config: TrainConfig) -> Inference:
-        """How a training set-up's network runs at inference."""
+    def of(cls, config: TrainConfig, scoring: ScoringConfig) -> Inference:
+        """How a training set-up's network runs at inference, scored as ``scoring`` says."""
         return cls(
             config.device,
             precision=config.precision,
             channels_last=config.channels_last,
-            tta=config.tta,
-            smooth=config.smooth,
-            smooth_classes=config.smooth_classes,
+            smooth=scoring.smooth,
+            smooth_classes=scoring.smooth_classes,
         )
-
-    @property
-    def views(self) -> list[tuple[int, bool, bool]]:
-        """The (quarter turns, vertical flip, horizontal flip) of each augmented view."""
-        flips = [(False, False), (True, False), (False, True), (True, True)]
-        turns = {"none": [0], "flip": [0], "dihedral": [0, 1]}[self.tta]
-        chosen = flips[:1] if self.tta == "none" else flips
-        return [(k, v, h) for k in turns for v, h in chosen]
 
     @property
     def torch_device(self) -> torch.device:
@@ -195,13 +180,7 @@ class Predictor:
         place of a bad value in errors."""
         h, w = image.shape[:2]
         x = self.input(image, source, first_row)
-        outputs = None
-        for turns, vflip, hflip in self.run.views:
-            view = _transform(x, turns, vflip, hflip)
-            out = [_untransform(o, turns, vflip, hflip) for o in self.window(view, self._outputs)]
-            outputs = out if outputs is None else [a + b for a, b in zip(outputs, out, strict=True)]
-        if len(self.run.views) > 1:
-            outputs = [o / len(self.run.views) for o in outputs]
+        outputs = self.window(x, self._outputs)
         crop = (0, slice(None), slice(0, h), slice(0, w))
         logits, features, *known = (o[crop].float().cpu() for o in outputs)
         return Forward(x, logits, features, known[0][0] if known else None)
@@ -212,20 +191,6 @@ class Predictor:
         if self.net.known_head is None:
             return logits, features
         return logits, features, self.net.known_head(features)
-
-
-def _transform(x: torch.Tensor, turns: int, vflip: bool, hflip: bool) -> torch.Tensor:
-    """A view of a (B, C, H, W) batch: flipped, then turned by quarter turns."""
-    dims = [d for d, f in ((-2, vflip), (-1, hflip)) if f]
-    x = x.flip(dims) if dims else x
-    return torch.rot90(x, turns, (-2, -1)) if turns else x
-
-
-def _untransform(x: torch.Tensor, turns: int, vflip: bool, hflip: bool) -> torch.Tensor:
-    """The inverse of :func:`_transform`."""
-    x = torch.rot90(x, -turns, (-2, -1)) if turns else x
-    dims = [d for d, f in ((-2, vflip), (-1, hflip)) if f]
-    return x.flip(dims) if dims else x
 
 
 SCORE_CHUNK = 1 << 18  # pixels a detector scores at a time

@@ -21,6 +21,42 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from oodseg.config import RULES
+
+# The metrics of a results row, per fold and detector (what cross-validation reports).
+METRICS = (
+    "auroc",
+    "aupr_in",
+    "aupr_out",
+    "ap",
+    "fpr95",
+    "threshold",
+    "id_accuracy",
+    "closed_set_accuracy",
+    "ood_recall",
+    "test_tpr",
+    "balanced_accuracy",
+    "miou_k_plus_1",
+    "mdice_k_plus_1",
+)
+# Each threshold rule's operating point and the oracle's (``RULE:METRIC`` in a fold row), and the
+# ID share among the unlabelled pixels: estimated (per detector) and true.
+OPERATING_METRICS = ("threshold", "test_tpr", "ood_recall", "balanced_accuracy", "miou_k_plus_1")
+OPERATING = tuple(f"{rule}:{m}" for rule in (*RULES, "oracle") for m in OPERATING_METRICS) + (
+    "id_share_estimate",
+    "id_share_true",
+)
+BASELINE_METRICS = (
+    "auroc",
+    "fpr95",
+    "id_accuracy",
+    "test_tpr",
+    "ood_recall",
+    "balanced_accuracy",
+    "miou_k_plus_1",
+    "mdice_k_plus_1",
+)
+
 CHUNK = 1 << 20  # scores merged, and groups of tied scores summed, at a time
 CURVE_POINTS = 2000  # ROC points kept for figures: a step of 1/2000 in FPR or TPR
 

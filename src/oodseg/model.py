@@ -8,39 +8,16 @@ features, which ViM-like detectors need) turns the features into logits.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, FlexibleUNet
+from safetensors.torch import load_file
 from torch import nn
 
+from oodseg.config import FEATURES, PRESETS
 
-@dataclass(frozen=True)
-class Preset:
-    """A named network configuration."""
-
-    name: str
-    description: str
-    patch: int  # training patch side, a multiple of ``divisor``
-    divisor: int  # input sides are padded to a multiple of this at inference
-
-
-PRESETS = {
-    "small": Preset(
-        "small", "MONAI BasicUNet, features (16, 16, 32, 64, 128, 16)", patch=64, divisor=16
-    ),
-    "reference": Preset(
-        "reference",
-        "MONAI FlexibleUNet, EfficientNet-B4 encoder (the paper's network)",
-        patch=128,
-        divisor=32,
-    ),
-}
-
-
-FEATURES = ("last", "hypercolumn")
 KNOWN_HIDDEN = 32  # hidden channels of the known-vs-unknown head
 
 
@@ -63,11 +40,9 @@ class Segmenter(nn.Module):
         taps: Sequence[tuple[nn.Module, int]] = (),
         preset: str = "small",
         known_head: bool = False,
-        stem: nn.Conv2d | None = None,
     ):
         super().__init__()
         self.preset = preset  # the preset it was built from (its input divisor)
-        self.stem = stem  # a learned 1 x 1 projection of the bands, before the backbone
         self.backbone = backbone
         self._tapped: list[torch.Tensor] = []
         for module, _ in taps:
@@ -87,7 +62,7 @@ class Segmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._tapped.clear()
-        last = self.backbone(x if self.stem is None else self.stem(x))
+        last = self.backbone(x)
         if self._tapped:
             size = last.shape[-2:]
             stages = [
@@ -124,10 +99,6 @@ class Ensemble(nn.Module):
             else None
         )
 
-    @property
-    def stem(self) -> nn.Conv2d | None:
-        return self.members[0].stem
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = torch.cat([m(x)[1] for m in self.members], dim=1)
         return self.head(features), features
@@ -154,15 +125,12 @@ def build_network(
     features: str = "last",
     encoder_weights: str | Path | None = None,
     known_head: bool = False,
-    stem: int = 0,
     dropout: float = 0.0,
 ) -> Segmenter:
     """The network of a preset. ``features``: ``last`` (the decoder's last map) or ``hypercolumn``
     (every decoder stage). ``encoder_weights`` (reference preset only) is a local safetensors or
     PyTorch state dict for the EfficientNet-B4 encoder; nothing is ever downloaded.
-    ``known_head`` adds the known-vs-unknown head. With ``stem`` below ``in_channels``, a learned
-    1 x 1 convolution first maps the bands to ``stem`` channels: the backbone's first 3 x 3
-    convolution, most of the small preset's cost on hyperspectral input, then sees far fewer.
+    ``known_head`` adds the known-vs-unknown head.
     ``dropout``: MONAI's dropout rate after every convolution block (training only)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown network preset {preset!r}; choose one of: {', '.join(PRESETS)}")
@@ -171,9 +139,6 @@ def build_network(
             f"unknown feature choice {features!r}; choose one of: {', '.join(FEATURES)}"
         )
     hypercolumn = features == "hypercolumn"
-    spectral = nn.Conv2d(in_channels, stem, 1) if 0 < stem < in_channels else None
-    if spectral is not None:
-        in_channels = stem
     if preset == "small":
         if encoder_weights is not None:
             raise ValueError("encoder weights apply to the reference preset only")
@@ -190,9 +155,7 @@ def build_network(
         )
         net.final_conv = nn.Identity()
         taps = [(net.upcat_4, fea[3]), (net.upcat_3, fea[2]), (net.upcat_2, fea[1])]
-        return Segmenter(
-            net, fea[5], num_classes, taps if hypercolumn else (), preset, known_head, spectral
-        )
+        return Segmenter(net, fea[5], num_classes, taps if hypercolumn else (), preset, known_head)
     decoder_channels = (256, 128, 64, 32, 16)
     net = FlexibleUNet(
         in_channels=in_channels,
@@ -213,7 +176,6 @@ def build_network(
         taps if hypercolumn else (),
         preset,
         known_head,
-        spectral,
     )
 
 
@@ -225,8 +187,6 @@ def load_matching_weights(module: nn.Module, path: Path) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: encoder weights file not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -7,7 +7,10 @@ import ctypes
 import ctypes.util
 import functools
 import platform
+from importlib.metadata import version
 
+import lightning
+import monai
 import numpy as np
 import torch
 
@@ -52,13 +55,8 @@ def machine(device: torch.device) -> str:
 
 def package_versions() -> dict[str, str]:
     """The versions a result or a bundle records."""
-    import lightning
-    import monai
-
-    from oodseg import __version__
-
     return {
-        "oodseg": __version__,
+        "oodseg": version("oodseg"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "monai": monai.__version__,

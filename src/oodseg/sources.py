@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from oodseg.annotate import AnnotationMode, simulate_annotations
+from oodseg.config import BACKGROUND
 from oodseg.datasets import (
     ENDOSCAPES_CREDIT,
     IGNORE_LABEL,
@@ -29,9 +30,9 @@ from oodseg.datasets import (
     class_id,
     endoscapes_items,
 )
-from oodseg.engine import BACKGROUND, Collection, Fold, Sample
+from oodseg.engine import Collection, Fold, Sample
 from oodseg.manifest import ImageDataset, read_sample
-from oodseg.splits import HeldOut, SplitName, make_split
+from oodseg.splits import SplitName, make_split
 
 PROTOCOLS = ("background", "loco")
 FRAME_BUDGET = 0.02
@@ -47,18 +48,15 @@ def scene_collection(
     annotation: AnnotationMode = "strokes",
     budget: float | None = None,
     margin: int = 1,
-    held_out: HeldOut = "strokes",
     seed: int = 0,
 ) -> Collection:
-    """One labelled image split by region (``scene`` or ``blocks``; ``held_out``: how the scene
-    split picks its calibration strokes)."""
+    """One labelled image split by region (``scene`` or ``blocks``)."""
     s = make_split(
         scene.labels,
         split,
         mode=annotation,
         budget=SCENE_BUDGET[split] if budget is None else budget,
         margin=margin,
-        held_out=held_out,
         seed=seed,
     )
     sample = Sample(
@@ -209,7 +207,6 @@ def dataset_collection(
     annotation: AnnotationMode = "strokes",
     budget: float | None = None,
     margin: int = 1,
-    held_out: HeldOut = "strokes",
     scale: float = 1.0,
     seed: int = 0,
 ) -> Collection:
@@ -246,7 +243,6 @@ def dataset_collection(
             annotation=annotation,
             budget=budget,
             margin=margin,
-            held_out=held_out,
             seed=seed,
         )
     splits = assign_splits(data, seed, source)

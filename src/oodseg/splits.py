@@ -20,7 +20,6 @@ from scipy import ndimage
 from oodseg.annotate import AnnotationMode, Annotations, simulate_annotations
 
 SplitName = Literal["scene", "blocks"]
-HeldOut = Literal["strokes", "region"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,6 @@ def make_split(
     budget: float = 0.05,
     val_share: float = 0.25,
     margin: int = 1,
-    held_out: HeldOut = "strokes",
     grid: int = 5,
     seed: int = 0,
 ) -> Split:
@@ -56,7 +54,6 @@ def make_split(
             budget=budget,
             val_share=val_share,
             margin=margin,
-            held_out=held_out,
             seed=seed,
         )
     if name == "blocks":
@@ -71,24 +68,16 @@ def scene_split(
     budget: float = 0.05,
     val_share: float = 0.25,
     margin: int = 1,
-    held_out: HeldOut = "strokes",
     seed: int = 0,
 ) -> Split:
-    """Strokes anywhere; ``val_share`` of each class's strokes calibrate; the rest of the labelled
-    pixels, at least ``margin`` + 1 pixels (chessboard distance) from any stroke, are tested.
-    ``held_out``: the calibration strokes are drawn at random among the class's strokes
-    (``strokes``), or are the strokes nearest to a random one of them (``region``: a spatially
-    separate patch of the class, as an annotator might keep one area aside)."""
-    if held_out not in ("strokes", "region"):
-        raise ValueError(f"unknown calibration hold-out {held_out!r}; choose strokes or region")
+    """Strokes anywhere; ``val_share`` of each class's strokes, drawn at random, calibrate; the
+    rest of the labelled pixels, at least ``margin`` + 1 pixels (chessboard distance) from any
+    stroke, are tested."""
     ann = simulate_annotations(labels, mode=mode, budget=budget, seed=seed)
     rng = np.random.default_rng(seed + 1)
     val = np.zeros(labels.shape, bool)
     for c in np.unique(ann.labels[ann.mask]):
         strokes = rng.permutation(np.unique(ann.stroke[ann.labels == c]))
-        if held_out == "region":
-            centres = np.array([np.argwhere(ann.stroke == s).mean(0) for s in strokes])
-            strokes = strokes[np.argsort(((centres - centres[0]) ** 2).sum(1), kind="stable")]
         sizes = np.array([(ann.stroke == s).sum() for s in strokes])
         # Whole strokes go to calibration until it holds val_share of the class's pixels; at least one
         # stroke always stays for training.
@@ -109,9 +98,7 @@ def scene_split(
         train_region=np.ones(labels.shape, bool),
         description=(
             f"{mode} covering {budget:.0%} of each class's pixels anywhere in the scene; "
-            f"{val_share:.0%} of each class's strokes"
-            + (" (the nearest to one of them)" if held_out == "region" else "")
-            + " calibrate the threshold; every other labelled "
+            f"{val_share:.0%} of each class's strokes calibrate the threshold; every other labelled "
             f"pixel at least {margin + 1} px from a stroke is a test pixel"
         ),
     )

@@ -19,10 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RULES = ("tpr", "pu")
-# The default: on Indian Pines (scene split), Endoscapes and Samson it flags far more OOD than the
-# paper's rule, for a lower test TPR (docs/quality.md); the paper's rule is `--threshold tpr`.
-DEFAULT_RULE = "pu"
 SWEEP_LEVELS = 1001  # quantiles of the unlabelled sample among the candidate thresholds
 
 

@@ -12,7 +12,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -22,191 +22,13 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from torch.utils.data import DataLoader, Dataset
 
-from oodseg.model import FEATURES, PRESETS, Segmenter
+from oodseg.config import TrainConfig
+from oodseg.model import Segmenter
 from oodseg.runtime import reuse_freed_memory
 
 IGNORE = -1  # an unlabelled pixel: no class loss (a known-vs-unknown head sees it as unlabelled)
 PAD = -2  # not a pixel of the image (padding): no loss at all
-LOSSES = ("ce", "logitnorm")
-UNLABELLED = ("auto", "ignore", "nnpu", "nnpu-head")
 PU_UNIFORM_SHARE = 0.5  # with a PU head, this share of patches is placed uniformly in the images
-PRECISIONS = ("32", "bf16-mixed")
-TTA = ("none", "flip", "dihedral")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Which network and how it is trained; ``epochs`` x ``patches_per_epoch`` patches are seen in
-    all. Every command and the Python API build their training from this one class."""
-
-    preset: str = "small"
-    features: str = "last"
-    encoder_weights: str | None = None  # local file, reference preset only; never downloaded
-    # 60 over 30: mean GEN AUROC 0.893 against 0.772 on six Indian Pines folds, for 1.8x the time
-    # (docs/lever_screen.md; 0.851 against 0.797 on all 16), though 0.02 lower on Samson; smaller
-    # batches or patches for more steps, or a higher rate, did not help.
-    epochs: int = 60
-    patches_per_epoch: int = 64
-    batch_size: int = 8
-    patch: int | None = None  # training patch side; None: the data's or the preset's default
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    # MONAI's dropout after every convolution block, in training. Off by default: 0.1 raised every
-    # detector on the Indian Pines scene and Samson but lost on Endoscapes and on the blocks split
-    # (docs/quality.md, *-dropout10).
-    dropout: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    loss: str = "ce"  # "ce" or "logitnorm"
-    logitnorm_temperature: float = 0.04
-    # What the unlabelled pixels do: "ignore" (the paper: no loss), "nnpu" (a known-vs-unknown
-    # head trained with the non-negative PU risk, its gradient reaching the whole network) or
-    # "nnpu-head" (the same head on the features, the network itself trained by CE alone).
-    # "auto" (default): nnpu for RGB images whose data declare background, ignore elsewhere. On
-    # RGB frames the unlabelled pixels are then largely the background to flag, and the PU head
-    # ranked it best (Endoscapes: best AUROC 0.786 -> 0.866; vocal folds, intubation declared
-    # background: 0.745 -> 0.897, with pu_weight 2); on hyperspectral data it lost (Indian Pines
-    # crops with declared background: 0.74 -> 0.24, inverted, at weight 1; the Indian Pines
-    # scene: GEN 0.851 -> 0.834; docs/lever_screen.md). See :meth:`resolved`.
-    unlabelled: str = "auto"
-    pu_prior: float = 0.5  # share of known-class pixels among the unlabelled ones, for the risk
-    # Weight of the PU risk next to the cross-entropy. 2 over 1: Endoscapes (1/2, background) pu
-    # AUROC 0.851 -> 0.866 and 0.853 -> 0.863 (seeds 0, 1), vocal folds 0.865 -> 0.897 (K+1 mIoU
-    # 0.396 -> 0.440); 4 lost at 1/4 resolution (docs/lever_screen.md).
-    pu_weight: float = 2.0
-    precision: str = "32"  # or "bf16-mixed": bf16 autocast (GPU), in training and inference
-    channels_last: bool = False  # NHWC memory format, faster convolutions on recent GPUs
-    # At inference: the outputs averaged over the image's flips ("flip", 4 views) or its flips and
-    # quarter turns ("dihedral", 8 views), as the training patches were augmented.
-    tta: str = "none"
-    # Hyperspectral input: spectra of more bands than this are projected (after standardisation)
-    # onto this many principal components of the training pixels; 0: every band as it is. Off by
-    # default: 30 components raised AUROC on the Indian Pines scene and halved training time, but
-    # inverted the background protocol of Indian Pines crops (docs/lever_screen.md).
-    input_pca: int = 0
-    # Images of more bands than this pass through a learned 1 x 1 convolution to this many
-    # channels before the network (0: off); cheaper than the first 3 x 3 convolution on every band.
-    stem: int = 0
-    # Scoring: each score map Gaussian-filtered with this standard deviation in pixels (0: off):
-    # neighbouring pixels mostly share their label. 4 won over 0 and 2 on Indian Pines and
-    # Endoscapes, and over 8 with hypercolumn features (docs/lever_screen.md).
-    smooth: float = 4.0
-    # The K+1 map's classes: the arg-max of the class probabilities Gaussian-filtered with this
-    # standard deviation in pixels (0: of each pixel's own). 2 over 0: K+1 mIoU +0.03 on six
-    # Indian Pines folds and +0.01 on Samson; on Endoscapes -0.001; 4 and 8 lost (they erase
-    # small fields; docs/lever_screen.md). It changes no score, so no AUROC.
-    smooth_classes: float = 2.0
-    # A deep ensemble of this many networks, seeds seed, seed + 1, ... (1: one network): their
-    # mean logits and concatenated features are scored as one network's (oodseg.model.Ensemble).
-    ensemble: int = 1
-    devices: int = 1  # processes per node (GPUs, or CPU processes with the gloo backend)
-    num_nodes: int = 1
-    strategy: str = "auto"  # Lightning's: "ddp" for several devices or nodes
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(
-                f"unknown network preset {self.preset!r}; choose one of: {', '.join(PRESETS)}"
-            )
-        if self.features not in FEATURES:
-            raise ValueError(
-                f"unknown feature choice {self.features!r}; choose one of: {', '.join(FEATURES)}"
-            )
-        if self.encoder_weights is not None:
-            if self.preset != "reference":
-                raise ValueError("encoder weights apply to the reference preset only")
-            if not Path(self.encoder_weights).is_file():
-                raise FileNotFoundError(f"{self.encoder_weights}: encoder weights file not found")
-        for name in (
-            "epochs",
-            "patches_per_epoch",
-            "batch_size",
-            "ensemble",
-            "devices",
-            "num_nodes",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}"
-                )
-        if self.patch is not None and (
-            self.patch < 16 or self.patch % PRESETS[self.preset].divisor
-        ):
-            raise ValueError(
-                f"the patch side must be a multiple of {PRESETS[self.preset].divisor} "
-                f"(the {self.preset} network's divisor), at least 16, got {self.patch}"
-            )
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ValueError(
-                f"the learning rate must be positive and the weight decay not negative, got "
-                f"{self.lr} and {self.weight_decay}"
-            )
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}"
-            )
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"--dropout is a rate in [0, 1), got {self.dropout}")
-        if self.smooth < 0:
-            raise ValueError(
-                f"--smooth is a standard deviation in pixels, 0 or more, got {self.smooth}"
-            )
-        if self.smooth_classes < 0:
-            raise ValueError(
-                f"--smooth-classes is a standard deviation in pixels, 0 or more, got "
-                f"{self.smooth_classes}"
-            )
-        if self.stem < 0:
-            raise ValueError(f"--stem is a number of channels, 0 or more, got {self.stem}")
-        if self.input_pca < 0:
-            raise ValueError(
-                f"--input-pca is a number of components, 0 or more, got {self.input_pca}"
-            )
-        if self.tta not in TTA:
-            raise ValueError(
-                f"unknown test-time augmentation {self.tta!r}; choose one of: {', '.join(TTA)}"
-            )
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
-        if self.unlabelled not in UNLABELLED:
-            raise ValueError(
-                f"unknown use of unlabelled pixels {self.unlabelled!r}; choose one of: "
-                + ", ".join(UNLABELLED)
-            )
-        if not 0 < self.pu_prior < 1 or self.pu_weight <= 0:
-            raise ValueError(
-                f"the PU prior must be in (0, 1) and the PU weight positive, got {self.pu_prior} "
-                f"and {self.pu_weight}"
-            )
-        if self.logitnorm_temperature <= 0:
-            raise ValueError(
-                f"LogitNorm temperature must be positive, got {self.logitnorm_temperature}"
-            )
-
-    @property
-    def known_head(self) -> bool:
-        """Whether the network has a known-vs-unknown head (trained on the unlabelled pixels)."""
-        if self.unlabelled == "auto":
-            raise ValueError("unlabelled='auto' depends on the data: take config.resolved(...)")
-        return self.unlabelled != "ignore"
-
-    def resolved(self, declares_background: bool, bands: int) -> TrainConfig:
-        """This configuration for a data set: ``unlabelled="auto"`` becomes ``"nnpu"`` for RGB
-        images (3 bands) whose data declare background, ``"ignore"`` elsewhere; any other
-        setting is kept."""
-        if self.unlabelled != "auto":
-            return self
-        pu = declares_background and bands == 3
-        return replace(self, unlabelled="nnpu" if pu else "ignore")
-
-    def patch_side(self, sides: Sequence[tuple[int, int]], hint: int | None = None) -> int:
-        """The training patch side: ``patch``, else the data's ``hint``, else the preset's; never
-        more than the largest image's shorter side (rounded down to the divisor). Images smaller
-        than a patch are edge-padded."""
-        d = PRESETS[self.preset].divisor
-        side = self.patch or hint or PRESETS[self.preset].patch
-        largest = max(min(s) for s in sides) // d * d
-        return max(d, min(side, largest))
 
 
 class PatchDataset(Dataset):
@@ -390,8 +212,6 @@ class SparseSegmentation(L.LightningModule):
         )
         n = len(image)
         if self.config.known_head:
-            if self.config.unlabelled == "nnpu-head":
-                features = features.detach()
             pu_loss, risk = nnpu_risk(self.net.known_head(features), target, self.config.pu_prior)
             self.log("pu_risk", risk, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
             loss = loss + self.config.pu_weight * pu_loss

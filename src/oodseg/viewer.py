@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from oodseg.figures import class_colours
 from oodseg.io import atomic_path
 from oodseg.suggest import Region, regions_json
 
@@ -120,8 +121,6 @@ def page(
     name: str, picture: Picture, class_names: tuple[str, ...], layers: list[Layer], title: str = ""
 ) -> str:
     """The viewer page of one image and the maps of one or more models of it."""
-    from oodseg.report import class_colours
-
     h, w = picture.rgb.shape[:2]
     if not layers:
         raise ValueError(f"{name}: no model's maps to show")
