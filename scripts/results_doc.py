@@ -147,7 +147,7 @@ def demo_table() -> str:
     folds = _auroc_by_fold(demo, det)
     in_paper = _auroc_by_fold(paper, det)
     lines = [
-        f"| command | what it trains | folds | wall time | {det} AUROC, mean over its folds | "
+        f"| command | what it trains | folds | run time | {det} AUROC, mean over its folds | "
         f"{det} AUROC on the demo's folds |",
         "|---|---|---|---|---|---|",
         f"| `{PAPER.command(0)}` | 2 networks a fold (the method and the fully supervised bound) | "

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from oodseg.cli import app
 from oodseg.config import BACKGROUND
 from oodseg.engine import collect
-from oodseg.manifest import load_manifest
+from oodseg.manifest import load_manifest, read_sample
 from oodseg.metrics import ood_metrics
 from oodseg.sources import dataset_collection
 
@@ -232,6 +232,27 @@ def test_colour_masks_snap_jpeg_noise_to_the_palette(endoscapes, tmp_path):
         assert (dense == expected).mean() > 0.95  # JPEG blurs class borders, nothing more
 
 
+def test_lossless_colour_masks_off_the_palette_snap_or_are_ignored_and_are_counted(tmp_path):
+    """A resampled PNG colour mask: pixels near a palette colour take it, far ones are ignored."""
+    palette = {"a": [255, 0, 0], "b": [0, 0, 255], "unlabelled": [0, 0, 0]}
+    masks = {}
+    for i in range(3):
+        m = np.zeros((8, 8, 3), np.uint8)
+        m[:2] = (255, 0, 0)
+        m[2:4] = (250, 3, 1)  # near a: snapped
+        m[4:6] = (0, 0, 255)
+        m[6, :5] = (0, 0, 1)  # near unlabelled: snapped, never annotated
+        m[7] = (128, 128, 128)  # far from every colour: ignored
+        masks[f"m{i}.png"] = m
+    manifest = _write(
+        tmp_path, {"classes": ["a", "b"], "images": _images(), "palette": palette}, masks
+    )
+    data = load_manifest(manifest)
+    mask = read_sample(data, data.items[0]).mask
+    assert (mask[:4] == 1).all() and (mask[4:6] == 2).all() and (mask[6:] == 0).all()
+    assert data.colour_counts[str(tmp_path / "m0.png")] == {"snapped": 16 + 5, "ignored": 8}
+
+
 def _write(folder, manifest, masks=None):
     folder.mkdir(parents=True, exist_ok=True)
     for name, mask in (masks or {}).items():
@@ -279,9 +300,11 @@ def _images(n=3, mask=True):
                 "classes": ["a", "b"],
                 "images": _images(),
                 "palette": {"a": [1, 2, 3], "b": [0, 0, 0]},
+                "palette_strict": True,
             },
             {f"m{i}.png": np.zeros((8, 8, 3), np.uint8) + 7 for i in range(3)},
-            "unknown colour [7, 7, 7]",
+            "unknown colour [7, 7, 7] on 64 pixels, and the manifest sets palette_strict: true; "
+            "remove that key",
         ),
         (
             {"classes": ["a", "b", "c"], "images": _images()},

@@ -89,8 +89,9 @@ def _build(cls: type, options: dict[str, Any]) -> Any:
 
 
 def configured(*classes: type, only: Collection[str] | None = None) -> Callable:
-    """Give a command the options of these configuration dataclasses, after its own: the command
-    receives them as keyword arguments (``**options``) to build its configurations from."""
+    """Give a command the options of these configuration dataclasses beside its own, every one
+    listed in its panel: the command receives them as keyword arguments (``**options``) to build
+    its configurations from."""
 
     def wrap(func: Callable) -> Callable:
         own = [

@@ -32,11 +32,10 @@ PANELS = (
 DATA, PROTOCOL, NETWORK, TRAINING, UNLABELLED_PANEL, HARDWARE, SCORING, OUTPUT = PANELS
 
 
-def option(default: Any, help: str, panel: str, *, csv: bool = False, flag: str = "") -> Any:
-    """A dataclass field that is also a CLI option: ``help`` and ``panel`` show in ``--help``;
-    ``csv``: a tuple given as comma-separated values; ``flag``: the option's name when it is not
-    the field's (``--hold-out`` for ``hold_out`` is derived, no need to give it)."""
-    return field(default=default, metadata={"help": help, "panel": panel, "csv": csv, "flag": flag})
+def option(default: Any, help: str, panel: str, *, csv: bool = False) -> Any:
+    """A dataclass field that is also a CLI option (``--hold-out`` for ``hold_out``): ``help``
+    and ``panel`` show in ``--help``; ``csv``: a tuple given as comma-separated values."""
+    return field(default=default, metadata={"help": help, "panel": panel, "csv": csv})
 
 
 @dataclass(frozen=True)

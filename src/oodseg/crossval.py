@@ -276,6 +276,13 @@ def prepare(
     }
     if data is not None and data.palette:
         header["colour_masks"] = data.colour_summary()
+        if console is not None:
+            console.print(
+                "colour masks: {snapped} pixels snapped to the palette, {ignored} ignored".format(
+                    **header["colour_masks"]
+                )
+                + f" (palette_tolerance {data.palette_tolerance:g})"
+            )
     return Plan(collection, jobs, skipped, baseline, header, config)
 
 

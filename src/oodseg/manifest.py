@@ -18,11 +18,13 @@ Colour masks instead of index masks: ``palette`` maps every class name, and any 
     classes: [tumour, vessel]
     background: [healthy]
     palette: {tumour: [255, 0, 0], vessel: [0, 0, 255], healthy: [0, 255, 0], unlabelled: [0, 0, 0]}
-    palette_tolerance: 80               # JPEG masks: nearest colour within this RGB distance
+    palette_tolerance: 80               # nearest colour within this RGB distance
+    palette_strict: false               # true: a lossless mask must hold palette colours only
 
-A lossless mask (PNG, TIFF, ...) must hold palette colours only; in a JPEG mask each pixel snaps to
-the nearest palette colour within ``palette_tolerance`` and farther pixels become ignore (both
-counted and reported).
+Each pixel of a colour mask snaps to the nearest palette colour within ``palette_tolerance`` and
+farther pixels become ignore (both counted and reported): JPEG noise, and the few off-palette
+pixels that resampled or augmented lossless masks carry. ``palette_strict: true`` refuses a
+lossless mask (PNG, TIFF, ...) with any colour off the palette instead.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class ImageDataset:
     ood: tuple[int, ...] = ()  # mask values of known non-class pixels: background, OOD truth
     palette: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # colour masks
     palette_tolerance: float = PALETTE_TOLERANCE
+    palette_strict: bool = False  # lossless colour masks must hold palette colours only
     colour_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # per colour mask read
 
     def colour_summary(self) -> dict[str, int]:
@@ -139,6 +142,7 @@ def load_manifest(path: str | Path) -> ImageDataset:
             ood=ood,
             palette=palette,
             palette_tolerance=float(spec.get("palette_tolerance", PALETTE_TOLERANCE)),
+            palette_strict=bool(spec.get("palette_strict", False)),
         ),
         path,
     )
@@ -302,11 +306,13 @@ def _colour_mask(data: ImageDataset, path: Path) -> np.ndarray:
     nearest, dist = d.argmin(1), d.min(1)
     exact, near = dist == 0, dist <= data.palette_tolerance
     per_pixel = np.bincount(inverse.ravel(), minlength=len(distinct))
-    if path.suffix.lower() not in LOSSY_MASKS and not exact.all():
+    if data.palette_strict and path.suffix.lower() not in LOSSY_MASKS and not exact.all():
         bad = distinct[~exact][np.argmax(per_pixel[~exact])]
         raise ValueError(
-            f"{path}: unknown colour {bad.tolist()} on {int(per_pixel[~exact].sum())} pixels: "
-            "a lossless mask must hold palette colours only"
+            f"{path}: unknown colour {bad.tolist()} on {int(per_pixel[~exact].sum())} pixels, and "
+            "the manifest sets palette_strict: true; remove that key to snap colours within "
+            f"palette_tolerance ({data.palette_tolerance:g}) to the nearest palette colour, or "
+            "add the colour to the palette"
         )
     data.colour_counts[str(path)] = {
         "snapped": int(per_pixel[near & ~exact].sum()),
