@@ -76,7 +76,7 @@ def test_fold_jobs_merge_to_the_single_run(tmp_path):
         [*args[:2], str(tmp_path / "f1"), str(tmp_path / "other"), "--out", str(tmp_path / "bad")],
     )
     assert result.exit_code == 2
-    assert "differ in configuration (tpr)" in " ".join(result.output.split())
+    assert "differ in configuration (scoring.tpr)" in " ".join(result.output.split())
     assert not (tmp_path / "bad").exists()
 
 

@@ -156,10 +156,21 @@ def merge_headers(runs: Sequence[dict]) -> dict:
     base = runs[0]
     for res in runs[1:]:
         if not same_config(res["config"], base["config"]):
-            a, b = {**base["config"], "fold": None}, {**res["config"], "fold": None}
-            diff = sorted(k for k in a if a.get(k) != b.get(k))
+            a, b = _flat({**base["config"], "fold": None}), _flat({**res["config"], "fold": None})
+            diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
             raise ValueError(f"the runs differ in configuration ({', '.join(diff)}): not one run")
     return {**base, "config": {**base["config"], "fold": None}}
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    """A nested configuration as ``{"scoring.tpr": value, ...}``, to name what differs."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def merge_runs(out: Path, runs: Sequence[Path]) -> dict:
