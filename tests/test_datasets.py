@@ -2,8 +2,11 @@ import hashlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from oodseg.datasets import BandNormaliser, load_dataset
+from oodseg.io import read_image, read_mask
+from oodseg.manifest import load_manifest, read_sample
 
 PIXELS_PER_CLASS = [
     10776,
@@ -98,3 +101,51 @@ def test_spectral_pca_input_is_scikit_learns_pca_of_the_training_pixels(indian_p
     )
     with pytest.raises(ValueError, match="--input-pca keeps between 1 and 199"):
         norm.with_pca(np.eye(200), 200)
+
+
+def _png(path, array, mode=None, **save):
+    Image.fromarray(array, mode).save(path, **save)
+    return path
+
+
+def test_pngs_and_jpegs_read_as_a_viewer_shows_them(tmp_path):
+    """RGBA and grey-alpha lose their alpha, palette PNGs give colours as images and indices as
+    masks, 16-bit masks keep their values, bilevel masks are 0 / 1, EXIF orientation applies."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, np.full((6, 9), 7, np.uint8)])
+    np.testing.assert_array_equal(read_image(_png(tmp_path / "a.png", rgba)), rgb)
+    grey = rgb[..., 0]
+    la = Image.fromarray(np.dstack([grey, grey]), "LA")
+    la.save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "la.png"), grey[..., None])
+    index = rng.integers(0, 4, (6, 9), dtype=np.uint8)
+    p = Image.fromarray(index, "P")
+    p.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    p.save(tmp_path / "p.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "p.png"), index)
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+    np.testing.assert_array_equal(read_image(tmp_path / "p.png"), colours[index])
+    sixteen = (index.astype(np.uint16) + 300).astype(np.uint16)
+    Image.fromarray(sixteen).save(tmp_path / "i16.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "i16.png"), sixteen)
+    Image.fromarray(index > 1).save(tmp_path / "bilevel.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "bilevel.png"), (index > 1).astype(int))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    Image.fromarray(rgb).save(tmp_path / "turned.jpg", exif=exif)
+    Image.fromarray(rgb).save(tmp_path / "stored.jpg")  # the same pixels, no orientation
+    turned = read_image(tmp_path / "turned.jpg")
+    assert turned.shape == (9, 6, 3)  # as shown: the stored 6 x 9 turned clockwise
+    np.testing.assert_array_equal(turned, np.rot90(read_image(tmp_path / "stored.jpg"), -1))
+
+
+def test_a_mask_a_pixel_off_the_image_size_is_refused_with_both_sizes_and_the_fix(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((8, 8, 3), np.float32))
+    Image.fromarray(np.ones((8, 9), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "d.yaml").write_text("classes: [x]\nimages:\n  - {image: a.npy, mask: a.png}\n")
+    data = load_manifest(tmp_path / "d.yaml")
+    with pytest.raises(
+        ValueError, match=r"a.png: mask is 8x9, image a.npy is 8x8; resize the mask"
+    ):
+        read_sample(data, data.items[0])

@@ -7,6 +7,7 @@ and v7.3 (h5py), NumPy ``.npy`` / ``.npz``, multi-page or multi-channel TIFF (ti
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (
     ".hdr",
@@ -30,12 +32,14 @@ IMAGE_SUFFIXES = (
     ".hdf5",
 )
 NAN_POLICIES = ("error", "zero")
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def read_image(path: str | Path, variable: str | None = None) -> np.ndarray:
     """An (H, W, C) image; a 2-D image gets one channel. ``variable`` names the array inside a
-    ``.mat`` / ``.npz`` / HDF5 file (default: the only, or else the largest, 2-D or 3-D array)."""
-    array = read_array(Path(path), variable)
+    ``.mat`` / ``.npz`` / HDF5 file (default: the only, or else the largest, 2-D or 3-D array).
+    A PNG or JPEG is read as a viewer shows it (see :func:`read_array` with ``colour``)."""
+    array = read_array(Path(path), variable, colour=True)
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3:
@@ -79,12 +83,19 @@ def check_finite(image: np.ndarray, path: str | Path, policy: str = "error") -> 
     return np.where(bad, 0, image).astype(image.dtype)
 
 
-def read_array(path: Path, variable: str | None = None) -> np.ndarray:
-    """The array stored in a file of any supported format, as stored (errors name the file)."""
+def read_array(path: Path, variable: str | None = None, *, colour: bool = False) -> np.ndarray:
+    """The array stored in a file of any supported format (errors name the file). A PNG or JPEG
+    is turned as its EXIF orientation says (as viewers, and annotation tools, show it) and loses
+    its alpha channel; with ``colour`` (an image, or a colour mask) a palette ("P" mode) PNG gives
+    its colours and a bilevel one 0 / 255, else (an index mask) its indices and 0 / 1."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     suffix = path.suffix.lower()
-    reader = _READERS.get(suffix)
+    reader = (
+        functools.partial(_pillow, colour=True)
+        if colour and suffix in PIL_SUFFIXES
+        else _READERS.get(suffix)
+    )
     if reader is None:
         raise ValueError(
             f"{path}: unsupported file type {suffix!r}; use one of: {', '.join(IMAGE_SUFFIXES)}"
@@ -169,12 +180,16 @@ def _tiff(path: Path, _: str | None) -> np.ndarray:
     return np.moveaxis(array, 0, -1) if pages > 1 and array.ndim == 3 else array
 
 
-def _pillow(path: Path, _: str | None) -> np.ndarray:
-    from PIL import Image
-
+def _pillow(path: Path, _: str | None, *, colour: bool = False) -> np.ndarray:
     with Image.open(path) as im:
         im.load()
-        return np.asarray(im)
+        im = ImageOps.exif_transpose(im)
+        if im.mode == "1" and not colour:
+            return np.asarray(im).astype(np.uint8)  # a bilevel mask: classes 0 and 1
+        modes = {"1": "L", "LA": "L", "RGBA": "RGB", "CMYK": "RGB", "YCbCr": "RGB"}
+        if colour:
+            modes |= {"P": "RGB", "PA": "RGB"}
+        return np.asarray(im.convert(modes[im.mode]) if im.mode in modes else im)
 
 
 def _envi(path: Path, _: str | None) -> np.ndarray:
@@ -196,9 +211,7 @@ _READERS: dict[str, Callable[[Path, str | None], np.ndarray]] = {
     ".hdf5": _hdf5,
     ".tif": _tiff,
     ".tiff": _tiff,
-    ".png": _pillow,
-    ".jpg": _pillow,
-    ".jpeg": _pillow,
+    **dict.fromkeys(PIL_SUFFIXES, _pillow),
     ".hdr": _envi,
 }
 

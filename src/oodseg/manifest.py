@@ -263,7 +263,8 @@ def read_sample(data: ImageDataset, item: Item, bands: int | None = None) -> Sam
         if mask.shape != image.shape[:2]:
             raise ValueError(
                 f"{item.mask}: mask is {mask.shape[0]}x{mask.shape[1]}, image {item.image.name} is "
-                f"{image.shape[0]}x{image.shape[1]}"
+                f"{image.shape[0]}x{image.shape[1]}; resize the mask to the image with "
+                "nearest-neighbour sampling (or crop the larger one), so that pixels correspond"
             )
         k = len(data.class_names)
         if data.ignore is not None:
@@ -282,7 +283,7 @@ def read_sample(data: ImageDataset, item: Item, bands: int | None = None) -> Sam
 
 def _colour_mask(data: ImageDataset, path: Path) -> np.ndarray:
     """An index mask from a colour mask through the palette (see the module's docstring)."""
-    rgb = np.asarray(read_array(path, data.mask_variable))
+    rgb = np.asarray(read_array(path, data.mask_variable, colour=True))
     if rgb.ndim != 3 or rgb.shape[-1] not in (3, 4):
         raise ValueError(f"{path}: a palette needs colour (RGB) masks, got shape {rgb.shape}")
     rgb = rgb[..., :3].astype(np.int64)
