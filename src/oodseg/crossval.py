@@ -241,19 +241,28 @@ def prepare(
         collect(collection, progress, input_pca=config.train.input_pca)
     if data is not None:
         _check_declared(collection, data, source)
+    where = source if data is not None else collection.name  # what an error names
     allowed = available_protocols(collection)
     protocols = config.protocols or allowed
     for p in protocols:
         if p not in allowed:
             raise ValueError(
-                f"the {p} protocol needs background pixels in the test truth; {collection.name} "
-                "declares none (a manifest's 'background' / 'ood' values)"
+                f"{where}: the {p} protocol needs background pixels in the test truth, and the "
+                "data declare none (a manifest's 'background' / 'ood' values)"
             )
     config = _for_data(config, collection)
+    if config.scoring.threshold == "pu" and not _unlabelled_for_calibration(collection):
+        raise ValueError(
+            f"{where}: the pu threshold rule needs pixels left unannotated in the calibration "
+            "images, and every pixel there is annotated; give --threshold tpr, or calibration "
+            "(val) images with unannotated pixels"
+        )
     jobs, skipped = folds(collection, [p for p in PROTOCOLS if p in protocols], config.hold_out)
     if not jobs:
         raise ValueError(
-            "no fold can be run: " + "; ".join(f"{s['held_out']}: {s['reason']}" for s in skipped)
+            f"{where}: no fold can be run: "
+            + "; ".join(f"{s['held_out']}: {s['reason']}" for s in skipped)
+            + " (label more test pixels of the classes, or mark images split: test)"
         )
     if config.fold is not None and config.fold > len(jobs):
         raise ValueError(f"--fold {config.fold}: this run has {len(jobs)} folds")
@@ -298,6 +307,17 @@ def _for_data(config: CrossvalConfig, collection: Collection) -> CrossvalConfig:
             "out of --detectors"
         )
     return replace(config, train=train, detectors=detectors)
+
+
+def _unlabelled_for_calibration(collection: Collection) -> int:
+    """Pixels of the calibration images that no stroke covers (what the pu rule samples)."""
+    sizes = collection.sides
+    return sum(
+        sizes[i][0] * sizes[i][1]
+        - int(collection.per_sample["train"][i, 1:].sum())
+        - int(collection.per_sample["calibration"][i, 1:].sum())
+        for i in collection.ids("calibration")
+    )
 
 
 def _check_declared(collection: Collection, data: ImageDataset, source: str) -> None:
