@@ -25,20 +25,13 @@ from oodseg.config import TrainConfig
 from oodseg.crossval import CrossvalConfig, prepare
 from oodseg.manifest import load_manifest
 
-settings.register_profile(
-    "default",
-    max_examples=30,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-settings.register_profile(
-    "ci",
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+QUIET = {
+    "deadline": None,
+    "derandomize": True,  # the same collections on every run
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+}
+settings.register_profile("default", max_examples=30, **QUIET)
+settings.register_profile("ci", max_examples=300, **QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 CLASSES = ("alpha", "beta")
