@@ -111,9 +111,14 @@ class Bundle:
         :meth:`suggest` and the viewer need). The image is read in strips of ``tile`` rows (plus
         a margin of ``tile // 16`` on each side, dropped afterwards), so a memory-mapped cube
         larger than memory works; each strip goes through MONAI's sliding window in windows as
-        tall as the strip and at most ``tile`` wide (overlapping by a quarter only where the
-        strip is wider). ``precision="bf16-mixed"`` and ``channels_last`` are for GPUs."""
-        run = Inference(device, tile, precision, channels_last, self.smooth, self.smooth_classes)
+        tall as the strip (overlapping by a quarter only where the strip is wider).
+        ``precision="bf16-mixed"`` and ``channels_last`` are for GPUs."""
+        # The margin also covers the smoothing's reach (scipy truncates the Gaussian at 4 sigma),
+        # so that a strip's scores and classes are those of the whole image.
+        pad = max(tile // 16, int(np.ceil(4 * max(self.smooth, self.smooth_classes))))
+        run = Inference(
+            device, tile + 2 * pad, precision, channels_last, self.smooth, self.smooth_classes
+        )
         if image.ndim != 3 or image.shape[-1] != self.bands:
             raise ValueError(
                 f"{source}: expected (H, W, {self.bands}) for this model, got shape {image.shape}"
@@ -125,9 +130,6 @@ class Bundle:
         scorer = Scorer(
             Predictor(self.net, self.normaliser, self.preset, run), {"d": self.detector}
         )
-        # The margin also covers the smoothing's reach (scipy truncates the Gaussian at 4 sigma),
-        # so that a strip's scores and classes are those of the whole image.
-        pad = max(tile // 16, int(np.ceil(4 * max(self.smooth, self.smooth_classes))))
         for y0 in range(0, h, tile):
             a, b = max(0, y0 - pad), min(h, y0 + tile + pad)
             forward = scorer.predictor.forward(image[a:b], source, first_row=a)

@@ -157,21 +157,24 @@ class Predictor:
         x = x.permute(2, 0, 1)[None].to(self.run.torch_device)
         return x.contiguous(memory_format=self.run.memory_format)
 
-    def window(self, x: torch.Tensor, predictor: Callable) -> tuple[torch.Tensor, ...]:
-        """``predictor`` over a padded input: one call when it fits a window of side
-        ``run.tile``, else MONAI's sliding window (windows as tall as the input, at most ``tile``
-        wide, overlapping by a quarter, Gaussian-weighted)."""
+    def window(
+        self, x: torch.Tensor, predictor: Callable, tile: int | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """``predictor`` over a padded input: one call when it fits a square window of side
+        ``tile`` (default ``run.tile``), else MONAI's sliding window of such windows (overlapping
+        by a quarter, Gaussian-weighted), so that memory follows the window, not the image."""
         fmt = self.run.memory_format
         self.net.to(device=x.device, memory_format=fmt).eval()
         x = x.contiguous(memory_format=fmt)
         bf16 = self.run.precision == "bf16-mixed"
         with torch.no_grad(), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
             h, w = x.shape[-2:]
-            if w <= self.run.tile:
+            d = PRESETS[self.preset].divisor
+            side = max(d, (tile or self.run.tile) // d * d)
+            if h <= side and w <= side:
                 out = predictor(x)
                 return out if isinstance(out, tuple) else (out,)
-            d = PRESETS[self.preset].divisor
-            roi = (h, self.run.tile // d * d)
+            roi = (min(h, side), min(w, side))
             out = sliding_window_inference(x, roi, 1, predictor, overlap=0.25, mode="gaussian")
             return out if isinstance(out, tuple) else (out,)
 
@@ -194,6 +197,9 @@ class Predictor:
 
 
 SCORE_CHUNK = 1 << 18  # pixels a detector scores at a time
+# Window side of a detector that re-runs the network with its gradient (ODIN): the backward pass
+# holds every activation of the window, several times what a forward pass needs.
+INPUT_TILE = 512
 
 
 class Scorer:
@@ -273,7 +279,9 @@ class Scorer:
                 if isinstance(det, InputDetector):
                     net = self.predictor.net
                     (smap,) = self.predictor.window(
-                        forward.x, lambda t, det=det, net=net: det.score_image(net, t)[:, None]
+                        forward.x,
+                        lambda t, det=det, net=net: det.score_image(net, t)[:, None],
+                        tile=INPUT_TILE,
                     )
                     maps[name] = smap[0, 0, :h, :w].float().cpu().numpy()
                 else:
