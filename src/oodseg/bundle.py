@@ -27,7 +27,7 @@ from oodseg.io import write_folder
 from oodseg.manifest import ImageDataset, read_all
 from oodseg.model import Ensemble, Segmenter, build_network
 from oodseg.runtime import package_versions
-from oodseg.suggest import Region, class_margin, suggest_regions
+from oodseg.suggest import Region, suggest_regions
 
 FORMAT_VERSION = 1
 OOD_LABEL = 0  # in predicted label maps: 0 = OOD / unknown, 1..K = the classes
@@ -108,36 +108,22 @@ class Bundle:
     ) -> Maps:
         """Each pixel's arg-max class and ID-ness score (the K+1 map before the threshold) and,
         with ``margin``, the softmax margin between its two likeliest classes (what
-        :meth:`suggest` and the viewer need). The image is read in strips of ``tile`` rows (plus
-        a margin of ``tile // 16`` on each side, dropped afterwards), so a memory-mapped cube
-        larger than memory works; each strip goes through MONAI's sliding window in windows as
-        tall as the strip (overlapping by a quarter only where the strip is wider).
-        ``precision="bf16-mixed"`` and ``channels_last`` are for GPUs."""
-        # The margin also covers the smoothing's reach (scipy truncates the Gaussian at 4 sigma),
-        # so that a strip's scores and classes are those of the whole image.
-        pad = max(tile // 16, int(np.ceil(4 * max(self.smooth, self.smooth_classes))))
-        run = Inference(
-            device, tile + 2 * pad, precision, channels_last, self.smooth, self.smooth_classes
-        )
+        :meth:`suggest` and the viewer need). The image is read in strips of rows, each with a
+        margin of context on either side that fill a window of side ``tile``, so a memory-mapped
+        cube larger than memory works (:meth:`oodseg.inference.Scorer.image_maps`); a strip
+        wider than ``tile`` goes through MONAI's sliding window. ``precision="bf16-mixed"`` and
+        ``channels_last`` are for GPUs."""
         if image.ndim != 3 or image.shape[-1] != self.bands:
             raise ValueError(
                 f"{source}: expected (H, W, {self.bands}) for this model, got shape {image.shape}"
             )
-        h, w, _ = image.shape
-        classes = np.zeros((h, w), np.uint8 if len(self.class_names) < 256 else np.uint16)
-        scores = np.zeros((h, w), np.float32)
-        margins = np.zeros((h, w), np.float32) if margin else None
+        run = Inference(device, tile, precision, channels_last, self.smooth, self.smooth_classes)
         scorer = Scorer(
             Predictor(self.net, self.normaliser, self.preset, run), {"d": self.detector}
         )
-        for y0 in range(0, h, tile):
-            a, b = max(0, y0 - pad), min(h, y0 + tile + pad)
-            forward = scorer.predictor.forward(image[a:b], source, first_row=a)
-            keep = slice(y0 - a, y0 - a + min(tile, h - y0))
-            scores[y0 : y0 + tile] = scorer.score_maps(forward)["d"][keep]
-            classes[y0 : y0 + tile] = forward.classes(run.smooth_classes)[keep] + 1
-            if margins is not None:
-                margins[y0 : y0 + tile] = class_margin(forward.probabilities[:, keep])
+        maps, argmax, margins = scorer.image_maps(image, source, margin=margin)
+        kind = np.uint8 if len(self.class_names) < 256 else np.uint16
+        classes, scores = (argmax + 1).astype(kind), maps["d"]
         return Maps(classes, scores, self.threshold, margins)
 
     def suggest(

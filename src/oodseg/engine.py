@@ -31,7 +31,7 @@ from oodseg.config import BACKGROUND, DEFAULT_RULE, MAX_CLASSES, RULES, ScoringC
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import KnownHead, LogitDetector, PixelOutputs, make_detector
 from oodseg.distributed import gather_by_image, my_images
-from oodseg.inference import Forward, Inference, Predictor, Scorer
+from oodseg.inference import Inference, Predictor, Scorer
 from oodseg.metrics import (
     OPERATING_METRICS,
     ScoreTally,
@@ -39,7 +39,6 @@ from oodseg.metrics import (
     segmentation_from_confusion,
 )
 from oodseg.model import Ensemble, Segmenter, build_network
-from oodseg.suggest import class_margin
 from oodseg.threshold import OperatingPoints, operating_points
 from oodseg.training import IGNORE, fit
 
@@ -350,7 +349,7 @@ def fit_scorer(
             mask = target != IGNORE
             if not mask.any():  # e.g. only the held-out class is annotated on this image
                 return torch.zeros(0, width)
-            out = predictor.forward(s.image, s.name).pixels(head, mask)
+            out = predictor.pixels(s.image, mask, s.name)
             label = torch.from_numpy(target[mask]).float()[:, None]
             known_logit = [out.known[:, None]] if has_known else []
             return torch.cat([out.logits, out.features, *known_logit, label], 1)
@@ -384,7 +383,7 @@ def fit_scorer(
             rng = np.random.default_rng([seed, i])
             unlabelled = np.sort(rng.choice(unlabelled, per_image, replace=False))
         at = np.r_[np.flatnonzero(cal), unlabelled]
-        maps = scorer.score_maps(predictor.forward(s.image, s.name))
+        maps, _, _ = scorer.image_maps(s.image, s.name)
         codes = (
             truth_code[s.calibration_truth.ravel()[unlabelled]]
             if s.calibration_truth is not None
@@ -459,12 +458,12 @@ def test_pass(
     *,
     seed: int = 0,
     candidates: dict[str, np.ndarray] | None = None,
-    predict: Callable[[Forward, np.ndarray, float], np.ndarray] | None = None,
+    background_class: bool = False,
     progress: Progress | None = None,
 ) -> tuple[dict[str, ScoreTally], np.ndarray, list[Panel]]:
     """Score every test image once: per detector a tally of the ID and OOD test pixels' scores
-    and of the K+1 map (``predict``: default, arg-max where the score passes the threshold, K
-    elsewhere) and, given ``candidates`` (detector -> thresholds), the K+1 map's quality at each
+    and of the K+1 map (the arg-max where the score passes the threshold, K elsewhere; with
+    ``background_class``, the arg-max of a network whose class K is the background) and, given ``candidates`` (detector -> thresholds), the K+1 map's quality at each
     of them; the closed-set confusion matrix; and the panels."""
     k, table = fold.k, fold.index()
     candidates = candidates or {}
@@ -483,17 +482,11 @@ def test_pass(
             if progress:
                 progress.advance(task)
             continue
-        forward = scorer.predictor.forward(s.image, s.name)
-        argmax = forward.classes(scorer.predictor.run.smooth_classes)
+        maps, argmax, margin = scorer.image_maps(s.image, s.name, margin=i in panel_ids)
         t, is_ood = truth[scored], truth[scored] == k
         closed += confusion_matrix(t, argmax[scored], k + 1)
-        maps = scorer.score_maps(forward)
         for name, smap in maps.items():
-            pred = (
-                predict(forward, smap, thresholds[name])
-                if predict
-                else np.where(smap >= thresholds[name], argmax, k)
-            )
+            pred = argmax if background_class else np.where(smap >= thresholds[name], argmax, k)
             v = smap[scored]
             tallies[name].add(v[~is_ood], v[is_ood], t, pred[scored], v, argmax[scored])
             if name == first and i in panel_ids:
@@ -505,7 +498,7 @@ def test_pass(
                         smap.astype(np.float32),
                         thresholds[name],
                         ids_of[argmax],
-                        class_margin(forward.probabilities),
+                        margin,
                     )
                 )
         if progress:
@@ -713,7 +706,7 @@ def fully_supervised(
         thresholds,
         seed=config.seed,
         # With background as a class, background (index K) wins or not: it is the OOD call.
-        predict=(lambda f, _s, _t: f.classes(run.smooth_classes)) if with_background else None,
+        background_class=with_background,
         progress=progress,
     )
     tally = tallies[detector]

@@ -26,6 +26,7 @@ from oodseg.datasets import BandNormaliser
 from oodseg.detectors import Detector, InputDetector, PixelOutputs, StreamingDetector
 from oodseg.model import PRESETS, Ensemble, Segmenter
 from oodseg.runtime import torch_device
+from oodseg.suggest import class_margin
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,32 @@ class Predictor:
         logits, features, *known = (o[crop].float().cpu() for o in outputs)
         return Forward(x, logits, features, known[0][0] if known else None)
 
+    def strips(
+        self, image: np.ndarray, source: str = "image", pad: int = 0
+    ) -> Iterator[tuple[slice, Forward, slice]]:
+        """The network's outputs strip of rows by strip, each strip with ``pad`` rows of context
+        on either side, so that memory follows the strip, not the image (a memory-mapped cube
+        is read strip by strip too). Yields (the strip's rows in the image, its forward pass,
+        those rows in the forward's maps). A strip and its context fill one window of side
+        ``run.tile``: an image of at most ``run.tile - 2 * pad`` rows is one strip."""
+        h = image.shape[0]
+        d = PRESETS[self.preset].divisor
+        rows = max(d, (self.run.tile - 2 * pad) // d * d)
+        for y0 in range(0, h, rows):
+            a, b = max(0, y0 - pad), min(h, y0 + rows + pad)
+            forward = self.forward(image[a:b], source, first_row=a)
+            yield slice(y0, min(h, y0 + rows)), forward, slice(y0 - a, min(h, y0 + rows) - a)
+
+    def pixels(self, image: np.ndarray, mask: np.ndarray, source: str = "image") -> PixelOutputs:
+        """The outputs at the pixels where ``mask`` (H, W) is true, in row-major order, computed
+        strip by strip (:meth:`strips`)."""
+        parts = []
+        for rows, forward, keep in self.strips(image, source, self.run.tile // 16):
+            m = np.zeros(forward.size, bool)
+            m[keep] = mask[rows]
+            parts.append(forward.pixels(self.net.head, m))
+        return PixelOutputs.concat(parts)
+
     def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Logits, features and, where the network has that head, the known-vs-unknown logit."""
         logits, features = self.net(x)
@@ -262,6 +289,27 @@ class Scorer:
         start = time.perf_counter()
         yield
         self.seconds[name] += time.perf_counter() - start
+
+    def image_maps(
+        self, image: np.ndarray, source: str = "image", margin: bool = False
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+        """Each detector's (H, W) score map of a raw image, its (smoothed) arg-max classes and,
+        with ``margin``, the softmax margin between its two likeliest classes: computed strip by
+        strip (:meth:`Predictor.strips`) with a context that covers the smoothing's reach
+        (scipy truncates the Gaussian at 4 sigma), so that they equal the whole image's."""
+        run = self.predictor.run
+        pad = max(run.tile // 16, int(np.ceil(4 * max(run.smooth, run.smooth_classes))))
+        h, w = image.shape[:2]
+        maps = {name: np.zeros((h, w), np.float32) for name in self.detectors}
+        classes = np.zeros((h, w), np.int64)
+        margins = np.zeros((h, w), np.float32) if margin else None
+        for rows, forward, keep in self.predictor.strips(image, source, pad):
+            for name, smap in self.score_maps(forward).items():
+                maps[name][rows] = smap[keep]
+            classes[rows] = forward.classes(run.smooth_classes)[keep]
+            if margins is not None:
+                margins[rows] = class_margin(forward.probabilities[:, keep])
+        return maps, classes, margins
 
     def score_maps(
         self, forward: Forward, only: Iterable[str] | None = None
