@@ -383,7 +383,7 @@ def fit_scorer(
             rng = np.random.default_rng([seed, i])
             unlabelled = np.sort(rng.choice(unlabelled, per_image, replace=False))
         at = np.r_[np.flatnonzero(cal), unlabelled]
-        maps, _, _ = scorer.image_maps(s.image, s.name)
+        maps, _, _ = scorer.image_maps(s.image, s.name, classes=False)
         codes = (
             truth_code[s.calibration_truth.ravel()[unlabelled]]
             if s.calibration_truth is not None
@@ -463,8 +463,9 @@ def test_pass(
 ) -> tuple[dict[str, ScoreTally], np.ndarray, list[Panel]]:
     """Score every test image once: per detector a tally of the ID and OOD test pixels' scores
     and of the K+1 map (the arg-max where the score passes the threshold, K elsewhere; with
-    ``background_class``, the arg-max of a network whose class K is the background) and, given ``candidates`` (detector -> thresholds), the K+1 map's quality at each
-    of them; the closed-set confusion matrix; and the panels."""
+    ``background_class``, the arg-max of a network whose class K is the background) and, given
+    ``candidates`` (detector -> thresholds), the K+1 map's quality at each of them; the
+    closed-set confusion matrix; and the panels."""
     k, table = fold.k, fold.index()
     candidates = candidates or {}
     tallies = {d: ScoreTally(k, seed, candidates.get(d)) for d in scorer.detectors}
@@ -616,8 +617,8 @@ def run_fold(
     net: Segmenter | Ensemble | None = None,
 ) -> FoldResult:
     """Train without the OOD classes, fit and calibrate every detector (the K+1 map at the
-    threshold of ``scoring``'s rule), score the test pixels; with ``baseline``, also the fully supervised
-    network of the fold (:func:`fully_supervised`). ``net``: the fold's network, already trained
+    threshold of ``scoring``'s rule), score the test pixels; with ``baseline``, also the fully
+    supervised network of the fold (:func:`fully_supervised`). ``net``: the fold's network, already trained
     by :func:`train_network` (scoring levers are then compared on one network)."""
     run = Inference.of(config, scoring)
     if net is None:

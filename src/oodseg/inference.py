@@ -21,10 +21,10 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
-from oodseg.config import PRECISIONS, ScoringConfig, TrainConfig
+from oodseg.config import PRECISIONS, PRESETS, ScoringConfig, TrainConfig
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import Detector, InputDetector, PixelOutputs, StreamingDetector
-from oodseg.model import PRESETS, Ensemble, Segmenter
+from oodseg.model import Ensemble, Segmenter
 from oodseg.runtime import torch_device
 from oodseg.suggest import class_margin
 
@@ -64,6 +64,13 @@ class Inference:
     @property
     def torch_device(self) -> torch.device:
         return torch_device(self.device)
+
+    @property
+    def context(self) -> int:
+        """Rows of context computed on either side of a strip (:meth:`Predictor.strips`) and
+        dropped: a sixteenth of a window, and at least the smoothing's reach (scipy truncates
+        the Gaussian at 4 sigma), so that a strip's maps equal the whole image's."""
+        return max(self.tile // 16, int(np.ceil(4 * max(self.smooth, self.smooth_classes))))
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -190,14 +197,14 @@ class Predictor:
         return Forward(x, logits, features, known[0][0] if known else None)
 
     def strips(
-        self, image: np.ndarray, source: str = "image", pad: int = 0
+        self, image: np.ndarray, source: str = "image"
     ) -> Iterator[tuple[slice, Forward, slice]]:
-        """The network's outputs strip of rows by strip, each strip with ``pad`` rows of context
-        on either side, so that memory follows the strip, not the image (a memory-mapped cube
-        is read strip by strip too). Yields (the strip's rows in the image, its forward pass,
-        those rows in the forward's maps). A strip and its context fill one window of side
-        ``run.tile``: an image of at most ``run.tile - 2 * pad`` rows is one strip."""
-        h = image.shape[0]
+        """The network's outputs strip of rows by strip, each strip with ``run.context`` rows of
+        context on either side, so that memory follows the strip, not the image (a memory-mapped
+        cube is read strip by strip too). Yields (the strip's rows in the image, its forward
+        pass, those rows in the forward's maps). A strip and its context fill one window of side
+        ``run.tile``: an image of at most ``run.tile - 2 * run.context`` rows is one strip."""
+        h, pad = image.shape[0], self.run.context
         d = PRESETS[self.preset].divisor
         rows = max(d, (self.run.tile - 2 * pad) // d * d)
         for y0 in range(0, h, rows):
@@ -209,7 +216,7 @@ class Predictor:
         """The outputs at the pixels where ``mask`` (H, W) is true, in row-major order, computed
         strip by strip (:meth:`strips`)."""
         parts = []
-        for rows, forward, keep in self.strips(image, source, self.run.tile // 16):
+        for rows, forward, keep in self.strips(image, source):
             m = np.zeros(forward.size, bool)
             m[keep] = mask[rows]
             parts.append(forward.pixels(self.net.head, m))
@@ -291,25 +298,30 @@ class Scorer:
         self.seconds[name] += time.perf_counter() - start
 
     def image_maps(
-        self, image: np.ndarray, source: str = "image", margin: bool = False
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
-        """Each detector's (H, W) score map of a raw image, its (smoothed) arg-max classes and,
-        with ``margin``, the softmax margin between its two likeliest classes: computed strip by
-        strip (:meth:`Predictor.strips`) with a context that covers the smoothing's reach
-        (scipy truncates the Gaussian at 4 sigma), so that they equal the whole image's."""
-        run = self.predictor.run
-        pad = max(run.tile // 16, int(np.ceil(4 * max(run.smooth, run.smooth_classes))))
+        self,
+        image: np.ndarray,
+        source: str = "image",
+        *,
+        classes: bool = True,
+        margin: bool = False,
+    ) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
+        """Each detector's (H, W) score map of a raw image and, with ``classes``, its (smoothed)
+        arg-max classes and, with ``margin``, the softmax margin between its two likeliest
+        classes: computed strip by strip (:meth:`Predictor.strips`), equal to the whole
+        image's."""
+        smooth = self.predictor.run.smooth_classes
         h, w = image.shape[:2]
         maps = {name: np.zeros((h, w), np.float32) for name in self.detectors}
-        classes = np.zeros((h, w), np.int64)
+        argmax = np.zeros((h, w), np.int64) if classes else None
         margins = np.zeros((h, w), np.float32) if margin else None
-        for rows, forward, keep in self.predictor.strips(image, source, pad):
+        for rows, forward, keep in self.predictor.strips(image, source):
             for name, smap in self.score_maps(forward).items():
                 maps[name][rows] = smap[keep]
-            classes[rows] = forward.classes(run.smooth_classes)[keep]
+            if argmax is not None:
+                argmax[rows] = forward.classes(smooth)[keep]
             if margins is not None:
                 margins[rows] = class_margin(forward.probabilities[:, keep])
-        return maps, classes, margins
+        return maps, argmax, margins
 
     def score_maps(
         self, forward: Forward, only: Iterable[str] | None = None

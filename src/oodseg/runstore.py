@@ -23,10 +23,10 @@ def fold_stem(order: int, key: str) -> str:
     return f"{order:02d}-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in key)
 
 
-def save_fold(out: Path, record: dict, arrays: dict[str, np.ndarray]) -> str:
+def save_fold(out: Path, record: dict, arrays: dict[str, np.ndarray]) -> None:
     """A finished fold's ``record`` (JSON, ``record["order"]`` its place in the run) and its
     figure ``arrays`` (NPZ) into ``out/folds``, each written atomically, the record last: a
-    record on disk means a whole fold. Returns the fold's file stem."""
+    record on disk means a whole fold."""
     folds = out / "folds"
     folds.mkdir(parents=True, exist_ok=True)
     stem = fold_stem(record["order"], _key(record))
@@ -34,7 +34,6 @@ def save_fold(out: Path, record: dict, arrays: dict[str, np.ndarray]) -> str:
         np.savez_compressed(tmp, **arrays)
     with atomic_path(folds / f"{stem}.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1))
-    return stem
 
 
 def load_fold_files(folder: Path) -> list[dict]:
@@ -76,8 +75,8 @@ def read_results(folder: Path) -> dict:
 def summarise(
     rows: Sequence[dict], detectors: Sequence[str]
 ) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Mean and standard deviation (ddof = 1; None for one fold) over folds, per detector and metric (of
-    :data:`METRICS` and :data:`OPERATING`, those the rows hold)."""
+    """Mean and standard deviation (ddof = 1; None for one fold) over folds, per detector and
+    metric (of :data:`METRICS` and :data:`OPERATING`, those the rows hold)."""
     summary = {}
     for det in detectors:
         mine = [r for r in rows if r["detector"] == det]
