@@ -13,7 +13,7 @@ SEED ?= 0
 
 $(BIN)/oodseg: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[test,pretrained]'
 	touch $@
 
 $(BIN)/mkdocs: $(BIN)/oodseg

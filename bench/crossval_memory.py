@@ -11,7 +11,8 @@ detectors, no baselines: what grows with the frames is then what the run keeps p
 frames, pixels, wall time and peak RSS, and the growth from the first to the last frame count
 (target: < 10 %). ``--mixed N``: N frames resized so that their longer sides spread
 log-uniformly from 40 to 2,500 pixels (seeded), every default detector and both baselines: the
-peak must not follow the largest image (target: < 2 GB).
+peak must not follow the largest image (target: < 2 GB); also prints the peak while each stage
+ran (sampled every 50 ms), to find what holds it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +33,36 @@ from PIL import Image
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "vocalfolds" / "vocalfolds.yaml"
 )
+# The run in a fresh process, with its resident memory sampled every 50 ms and charged to the
+# stages running at the time (the one-line-per-stage progress names them).
 CHILD = """
-import resource, sys
+import os, resource, sys, threading, time
+from oodseg import progress
 from oodseg.cli import app
+running, peaks = [], {}
+def sample():
+    page = os.sysconf("SC_PAGE_SIZE")
+    while True:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * page / 2**20
+        for stage in running[-1:] or ["between stages"]:
+            peaks[stage] = max(peaks.get(stage, 0), rss)
+        time.sleep(0.05)
+threading.Thread(target=sample, daemon=True).start()
+add, remove = progress.StageLines.add_task, progress.StageLines.remove_task
+def add_task(self, description, *a, **k):
+    running.append(description.split(": ")[-1])
+    return add(self, description, *a, **k)
+def remove_task(self, task):
+    running.pop()
+    return remove(self, task)
+progress.StageLines.add_task, progress.StageLines.remove_task = add_task, remove_task
 try:
-    app(sys.argv[1:], standalone_mode=False)
+    app([*sys.argv[1:], "--quiet"], standalone_mode=False)
 finally:
     print("PEAK_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    for stage, peak in sorted(peaks.items(), key=lambda kv: -kv[1]):
+        print("STAGE_MIB", round(peak), stage)
 """
 
 
@@ -59,26 +84,35 @@ def subset(manifest: Path, n: int, out: Path) -> Path:
     return path
 
 
-def mixed(manifest: Path, n: int, out: Path, seed: int = 0) -> Path:
-    """``n`` evenly spread frames of the manifest, each resized (bilinear image, nearest mask) so
-    that its longer side is log-uniform in [40, 2500] pixels, as PNGs, with their manifest."""
-    spec = yaml.safe_load(manifest.read_text())
-    images = spec["images"]
+def resized_frames(
+    manifest: Path, n: int, longest: int = 2500, seed: int = 0
+) -> Iterator[tuple[Image.Image, Image.Image, str]]:
+    """``n`` evenly spread frames of the manifest (image, mask, split), each resized (bilinear
+    image, nearest mask) so that its longer side is log-uniform in [40, ``longest``] pixels."""
+    images = yaml.safe_load(manifest.read_text())["images"]
     picks = np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int)
-    sides = np.exp(np.random.default_rng(seed).uniform(np.log(40), np.log(2500), len(picks)))
-    entries = []
-    for j, (i, side) in enumerate(zip(picks, sides, strict=True)):
+    sides = np.exp(np.random.default_rng(seed).uniform(np.log(40), np.log(longest), len(picks)))
+    for i, side in zip(picks, sides, strict=True):
         image = Image.open(manifest.parent / images[i]["image"]).convert("RGB")
         mask = Image.open(manifest.parent / images[i]["mask"])
         f = side / max(image.size)
         size = (max(1, round(image.size[0] * f)), max(1, round(image.size[1] * f)))
-        image.resize(size, Image.BILINEAR).save(out / f"img{j}.png")
-        mask.resize(size, Image.NEAREST).save(out / f"mask{j}.png")
-        entries.append(
-            {"image": f"img{j}.png", "mask": f"mask{j}.png", "split": images[i]["split"]}
+        yield (
+            image.resize(size, Image.BILINEAR),
+            mask.resize(size, Image.NEAREST),
+            images[i]["split"],
         )
+
+
+def mixed(manifest: Path, n: int, out: Path, seed: int = 0) -> Path:
+    """:func:`resized_frames` as PNGs, with their manifest."""
+    entries = []
+    for j, (image, mask, split) in enumerate(resized_frames(manifest, n, seed=seed)):
+        image.save(out / f"img{j}.png")
+        mask.save(out / f"mask{j}.png")
+        entries.append({"image": f"img{j}.png", "mask": f"mask{j}.png", "split": split})
     path = out / f"mixed_{n}.yaml"
-    path.write_text(yaml.safe_dump({**spec, "images": entries}))
+    path.write_text(yaml.safe_dump({**yaml.safe_load(manifest.read_text()), "images": entries}))
     return path
 
 
@@ -119,6 +153,11 @@ def main() -> None:
             rows.append(
                 (n, res["images"], pixels, wall, int(peak[0].split()[1]) / 1024, res["machine"])
             )
+            by_stage = [
+                line.split(" ", 2)[1:]
+                for line in run.stdout.splitlines()
+                if line.startswith("STAGE_MIB")
+            ]
     what = (
         f"{args.mixed} frames of {args.data.name}, longer sides 40-2500 px; one loco fold, every "
         "default detector, both baselines"
@@ -132,6 +171,11 @@ def main() -> None:
     for _, images, pixels, wall, peak, machine in rows:
         print(f"| {images} | {pixels:,} | {wall:.0f} s | {peak:.0f} MiB | {machine} |")
     if args.mixed:
+        print()
+        print("| stage (the largest peaks) | peak RSS while it ran |")
+        print("|---|---|")
+        for mib, stage in by_stage[:6]:
+            print(f"| {stage} | {int(mib):,} MiB |")
         return
     growth = rows[-1][4] / rows[0][4] - 1
     print()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from oodseg.annotate import class_budget, simulate_annotations
+from oodseg.annotate import _strokes, class_budget, simulate_annotations, stroke_at
 
 
 @pytest.mark.parametrize("mode", ["strokes", "points"])
@@ -54,3 +54,34 @@ def test_bad_budget_and_mode():
         simulate_annotations(labels, budget=0)
     with pytest.raises(ValueError, match="annotation mode"):
         simulate_annotations(labels, mode="blobs")
+
+
+def _strokes_by_argwhere(inside, target, max_length, rng):
+    """The stroke loop drawn the plain way: every start uniform over ``np.argwhere(free)``."""
+    free, paths, marked = inside.copy(), [], 0
+    while marked < target and free.any():
+        starts = np.argwhere(free)
+        start = tuple(int(v) for v in starts[rng.integers(len(starts))])
+        angle = rng.uniform(0, 2 * np.pi)
+        length = min(int(rng.integers(3, max_length + 1)), target - marked)
+        path = stroke_at(free, start, length, rng, angle)
+        if len(path):
+            paths.append(path)
+            marked += len(path)
+    return paths
+
+
+def test_strokes_start_where_drawing_over_every_free_pixel_would():
+    """The per-row count that finds a stroke's start picks the same pixels, from the same random
+    numbers, as drawing over ``np.argwhere`` of the free pixels."""
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        h, w = rng.integers(2, 60, 2)
+        blocks = rng.random((h // 6 + 1, w // 6 + 1)) < 0.6
+        inside = np.kron(blocks, np.ones((6, 6), bool))[:h, :w] & (rng.random((h, w)) < 0.9)
+        target = int(rng.integers(1, max(2, inside.sum())))
+        ours = _strokes(inside, target, 12, np.random.default_rng(trial))
+        plain = _strokes_by_argwhere(inside, target, 12, np.random.default_rng(trial))
+        assert len(ours) == len(plain)
+        for a, b in zip(ours, plain, strict=True):
+            np.testing.assert_array_equal(a, b)

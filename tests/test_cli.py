@@ -53,6 +53,7 @@ def run(tmp_path, *args):
         (["--ensemble", "0"], "--ensemble must be at least 1"),
         (["--dropout", "1"], "--dropout is a rate in [0, 1)"),
         (["--resume"], "nothing to resume"),
+        (["--preset", "pretrained"], "ImageNet-pretrained weights take RGB images"),
         (
             ["--preset", "reference", "--encoder-weights", "/nonexistent/b4.safetensors"],
             "encoder weights file not found",

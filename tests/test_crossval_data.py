@@ -130,6 +130,11 @@ def test_a_fold_without_test_pixels_is_skipped_and_the_others_kept(indian_pines,
         {"held_out": "Grass-trees", "reason": "no test pixel of Grass-trees"}
     ]
     assert {r["held_out"] for r in loco["folds"]} == {"Corn-notill", "Soybean-mintill", "Woods"}
+    # Not a terminal: one line per stage, with its count (the checking pass reads every image).
+    lines = result.output.splitlines()
+    assert sum(line.startswith("checking the images and masks: 9/9 in ") for line in lines) == 1
+    assert sum(line.startswith("scoring the test images: ") for line in lines) == 3
+    assert sum(line.startswith("training: done in ") for line in lines) == 3
 
 
 FRAMES = {

@@ -6,7 +6,7 @@ from PIL import Image
 
 from oodseg.datasets import BandNormaliser, load_dataset
 from oodseg.io import read_image, read_mask
-from oodseg.manifest import load_manifest, read_sample
+from oodseg.manifest import colour_bands, load_manifest, read_sample
 
 PIXELS_PER_CLASS = [
     10776,
@@ -149,3 +149,31 @@ def test_a_mask_a_pixel_off_the_image_size_is_refused_with_both_sizes_and_the_fi
         ValueError, match=r"a.png: mask is 8x9, image a.npy is 8x8; resize the mask"
     ):
         read_sample(data, data.items[0])
+
+
+def test_grey_photos_among_colour_ones_read_as_three_equal_bands(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    _png(tmp_path / "colour.png", rgb)
+    _png(tmp_path / "grey.jpg", grey, quality=100)
+    np.save(tmp_path / "cube.npy", np.zeros((8, 8, 5), np.float32))
+    mask = _png(tmp_path / "m.png", np.ones((8, 8), np.uint8))
+    (tmp_path / "d.yaml").write_text(
+        "classes: [x]\nimages:\n"
+        + "".join(f"  - {{image: {f}, mask: {mask.name}}}\n" for f in ("colour.png", "grey.jpg"))
+    )
+    data = load_manifest(tmp_path / "d.yaml")
+    bands = colour_bands(data)
+    assert bands == 3
+    read = read_sample(data, data.items[1], bands).image
+    assert read.shape == (8, 8, 3)
+    np.testing.assert_array_equal(read[..., 0], read[..., 2])
+    np.testing.assert_allclose(read[..., 0], np.asarray(Image.open(tmp_path / "grey.jpg")))
+    # Grey photos alone keep their one band; other files never change theirs.
+    (tmp_path / "g.yaml").write_text("classes: [x]\nimages:\n  - {image: grey.jpg, mask: m.png}\n")
+    assert colour_bands(load_manifest(tmp_path / "g.yaml")) is None
+    (tmp_path / "c.yaml").write_text("classes: [x]\nimages:\n  - {image: cube.npy, mask: m.png}\n")
+    data = load_manifest(tmp_path / "c.yaml")
+    with pytest.raises(ValueError, match=r"cube.npy: 5 bands, but .* has 3; save every image"):
+        read_sample(data, data.items[0], 3)

@@ -39,7 +39,8 @@ NAMES = ("scan", "scän", "画像", "a b")  # ASCII, accented, non-Latin, a spac
 
 
 HARMFUL = ("nan", "inf", "empty", "off-by-one", "bad-value", "no-mask")  # a run must refuse
-HARMLESS = ("none", "constant", "symlink")  # a run must go through
+# A run must go through. "grey": a grey-scale PNG / JPEG among colour ones (read as three bands).
+HARMLESS = ("none", "constant", "symlink", "grey")
 
 
 @st.composite
@@ -79,7 +80,8 @@ runnable = st.tuples(
 def write(root: Path, specs: tuple[dict, ...]) -> tuple[Path, list[str]]:
     """The collection on disk, its manifest, and every path a message may name."""
     entries, paths = [], []
-    for spec in specs:
+    colour = {i for i, spec in enumerate(specs) if spec["format"] != "npy"}
+    for i, spec in enumerate(specs):
         rng = np.random.default_rng(spec["seed"])
         h, w = spec["shape"]
         folder = root / spec["folder"]
@@ -100,6 +102,8 @@ def write(root: Path, specs: tuple[dict, ...]) -> tuple[Path, list[str]]:
             rgb = pixels.astype(np.uint8)
             if spec["format"] == "rgba":
                 rgb = np.dstack([rgb, np.full((h, w), 200, np.uint8)])
+            if spec["defect"] == "grey" and colour - {i}:
+                rgb = rgb[..., 0]
             Image.fromarray(rgb).save(image)
         if spec["defect"] == "symlink":
             link = folder / f"link-{image.name}"

@@ -84,17 +84,24 @@ def simulate_annotations(
 def _strokes(
     inside: np.ndarray, target: int, max_length: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """Random-walk scribbles inside ``inside`` until ``target`` pixels are marked."""
+    """Random-walk scribbles inside ``inside`` until ``target`` pixels are marked, each starting
+    at a uniformly drawn free pixel."""
     free = inside.copy()
+    # The n-th free pixel in row-major order is found through the free pixels per row, kept up to
+    # date, so that a stroke costs one pass over the rows and one row, not over the whole image.
+    per_row = free.sum(1)
     paths: list[np.ndarray] = []
     marked = 0
-    while marked < target and free.any():
-        starts = np.argwhere(free)
-        start = tuple(int(v) for v in starts[rng.integers(len(starts))])
+    while marked < target and (left := int(per_row.sum())):
+        n = int(rng.integers(left))
+        before = np.cumsum(per_row)
+        row = int(np.searchsorted(before, n, side="right"))
+        column = int(np.flatnonzero(free[row])[n - (before[row - 1] if row else 0)])
         angle = rng.uniform(0, 2 * math.pi)
         length = min(int(rng.integers(3, max_length + 1)), target - marked)
-        path = stroke_at(free, start, length, rng, angle)
+        path = stroke_at(free, (row, column), length, rng, angle)
         if len(path):
+            np.subtract.at(per_row, path[:, 0], 1)
             paths.append(path)
             marked += len(path)
     return paths

@@ -17,15 +17,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from scipy import ndimage
 
-from oodseg.config import ScoringConfig, TrainConfig
+from oodseg.config import PRESETS, ScoringConfig, TrainConfig
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import DETECTORS, Detector
 from oodseg.distributed import broadcast_module
 from oodseg.engine import Collection, Sample, collect, fit_scorer, train_network
-from oodseg.inference import Inference, Predictor, Scorer
+from oodseg.inference import WINDOW, Inference, Predictor, Scorer
 from oodseg.io import write_folder
-from oodseg.manifest import ImageDataset, read_all
+from oodseg.manifest import ImageDataset, colour_bands, read_all
 from oodseg.model import Ensemble, Segmenter, build_network
+from oodseg.progress import Stages, bars, lines, stage
 from oodseg.runtime import package_versions
 from oodseg.suggest import Region, suggest_regions
 
@@ -78,7 +79,7 @@ class Bundle:
         image: np.ndarray,
         *,
         device: str = "cpu",
-        tile: int = 1024,
+        tile: int = WINDOW,
         precision: str = "32",
         channels_last: bool = False,
         source: str = "image",
@@ -100,7 +101,7 @@ class Bundle:
         image: np.ndarray,
         *,
         device: str = "cpu",
-        tile: int = 1024,
+        tile: int = WINDOW,
         precision: str = "32",
         channels_last: bool = False,
         source: str = "image",
@@ -242,6 +243,7 @@ def load_bundle(path: str | Path) -> Bundle:
                 len(meta["class_names"]),
                 features=meta["features"],
                 known_head=meta.get("known_head", False),
+                imagenet_weights=False,  # the bundle's own weights follow
             )
             for _ in range(meta.get("ensemble", 1))
         ]
@@ -289,14 +291,15 @@ def train(
     calibration_share: float = 0.25,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
+    progress: Stages | None = None,
 ) -> Bundle:
     """Train a bundle on a data set's training images (sparse masks), through the fold engine with
     every class known. ``scoring``'s threshold rule (:mod:`oodseg.threshold`) works from the
     calibration annotations (``tpr``: keep that share of them) and the calibration images'
     unlabelled pixels (``pu``): the ``val`` images' if the data set has some, else a seeded
     ``calibration_share`` of each class's strokes (connected components; at least one of a
-    class's strokes once it has two), held out of training. With ``checkpoint_dir``, training checkpoints every epoch and ``resume`` continues
-    from there. Mask pixels of the data set's ``ood`` values are never trained on.
+    class's strokes once it has two), held out of training. With ``checkpoint_dir``, training
+    checkpoints every epoch and ``resume`` continues from there; ``progress`` shows the stages. Mask pixels of the data set's ``ood`` values are never trained on.
     ``detector`` None: pu where the network learns the PU head (``config.unlabelled`` auto on RGB
     images whose data declare background), else gen."""
     config = config or TrainConfig()
@@ -308,7 +311,7 @@ def train(
     if not 0 < calibration_share < 1:
         raise ValueError(f"calibration share must be in (0, 1), got {calibration_share}")
     k = len(data.class_names)
-    samples = read_all(data, "train")
+    samples = read_all(data, "train", colour_bands(data), progress)
     masks = [np.where(s.mask <= k, s.mask, 0).astype(np.uint8) for s in samples]
     bands = samples[0].image.shape[-1]
     config = config.resolved(bool(data.ood), bands)
@@ -319,7 +322,7 @@ def train(
             "the PU head only on RGB images whose data declare background"
         )
     if data.split("val"):
-        val = read_all(data, "val", bands)
+        val = read_all(data, "val", bands, progress)
         empty = [np.zeros_like(m) for m in masks]
         train_masks, cal_masks = (
             masks + [np.zeros(s.mask.shape, np.uint8) for s in val],
@@ -348,9 +351,22 @@ def train(
         ),
         description="",
     )
-    collect(collection, input_pca=config.input_pca)
+    collect(
+        collection,
+        progress,
+        input_pca=config.input_pca,
+        imagenet=PRESETS[config.preset].imagenet,
+    )
     known = tuple(range(1, k + 1))
-    net = train_network(collection, known, config, checkpoint_dir=checkpoint_dir, resume=resume)
+    with stage(lines(progress), "training"):
+        net = train_network(
+            collection,
+            known,
+            config,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            progress=bars(progress),
+        )
     broadcast_module(net)
     run = Inference.of(config, scoring)
     # After distributed training every process holds the same network: each runs its share of
@@ -365,6 +381,7 @@ def train(
         run,
         rule=scoring.threshold,
         seed=config.seed,
+        progress=progress,
     )
     return Bundle(
         net.eval(),

@@ -19,7 +19,6 @@ from typing import Annotated, Any, get_type_hints
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import track
 
 from oodseg.bundle import load_bundle, train
 from oodseg.config import (
@@ -37,6 +36,7 @@ from oodseg.distributed import rank_and_world
 from oodseg.evaluate import evaluate
 from oodseg.io import check_nan_policy, read_image, read_mask, write_folder
 from oodseg.manifest import ImageDataset, from_folders, image_files, load_manifest, with_nan_policy
+from oodseg.progress import stages, track
 from oodseg.report import (
     print_summary,
     write_evaluation,
@@ -131,6 +131,13 @@ def _opt(help: str, panel: str) -> Any:
 # Options that name files, shared by several commands.
 Overwrite = Annotated[bool, _opt("Replace a non-empty output folder.", OUTPUT)]
 Resume = Annotated[bool, _opt("Continue an interrupted run from what it had finished.", OUTPUT)]
+Quiet = Annotated[
+    bool,
+    _opt(
+        "One line per stage instead of progress bars (as when the output is not a terminal).",
+        OUTPUT,
+    ),
+]
 NanPolicy = Annotated[str, _opt("NaN / Inf in an image: error, or zero (set them to 0).", DATA)]
 Data = Annotated[Path | None, _opt("YAML manifest of the data set.", DATA)]
 ModelDir = Annotated[Path, typer.Option(help="Model bundle folder (from oodseg train).")]
@@ -192,6 +199,7 @@ def crossval_command(
     nan_policy: NanPolicy = "error",
     resume: Resume = False,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
     **options: Any,
 ) -> None:
     """Cross-validation without OOD labels: train without each class in turn and score it as OOD
@@ -220,14 +228,14 @@ def crossval_command(
         )
         if not own and (classes or background or ignore is not None):
             raise ValueError("--classes, --background and --ignore describe --images / --masks")
-        plan = prepare(config, own_data, source=str(data or images), console=console)
+        plan = prepare(config, own_data, source=str(data or images), console=console, quiet=quiet)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
     if not resume:
         shutil.rmtree(partial, ignore_errors=True)
     try:
-        results = crossval(config, partial, console=console, plan=plan)
+        results = crossval(config, partial, console=console, plan=plan, quiet=quiet)
     except BaseException as e:
         if partial.is_dir():
             console.print(
@@ -320,6 +328,7 @@ def train_command(
     ] = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
     **options: Any,
 ) -> None:
     """Train a model on images with sparse masks and save it as a bundle (safetensors + JSON).
@@ -335,14 +344,16 @@ def train_command(
         dataset = _dataset(data, images, masks, classes, ignore, nan_policy)
         if not resume:
             shutil.rmtree(checkpoints, ignore_errors=True)
-        bundle = train(
-            dataset,
-            detector=detector,
-            config=config,
-            scoring=scoring,
-            checkpoint_dir=checkpoints,
-            resume=resume,
-        )
+        with stages(console, quiet=quiet) as progress:
+            bundle = train(
+                dataset,
+                detector=detector,
+                config=config,
+                scoring=scoring,
+                checkpoint_dir=checkpoints,
+                resume=resume,
+                progress=progress,
+            )
         if rank_and_world()[0] != 0:
             return  # another DDP process: the first one saves the bundle
         bundle.save(out, overwrite=True)
@@ -364,6 +375,7 @@ def predict_command(
     out: Annotated[Path, typer.Option(help="Folder for the label maps, scores and overlays.")],
     variable: Variable = None,
     score_format: Annotated[str, typer.Option(help="Score maps as tif or npy.")] = "tif",
+    quiet: Quiet = False,
     **options: Any,
 ) -> None:
     """Predict K+1 label maps (0 = OOD, 1..K the classes), score maps and overlays."""
@@ -373,16 +385,17 @@ def predict_command(
         hardware = _build(HardwareConfig, options)
         bundle = load_bundle(model)
         files = [input] if input.is_file() else image_files(input)
-        for path in track(files, description="predicting", console=console):
-            image = read_image(path, variable)
-            labels, scores = bundle.predict(
-                image,
-                device=hardware.device,
-                precision=hardware.precision,
-                channels_last=hardware.channels_last,
-                source=str(path),
-            )
-            write_prediction(out, path, image, labels, scores, bundle, score_format)
+        with stages(console, quiet=quiet) as progress:
+            for path in track(files, progress, "predicting"):
+                image = read_image(path, variable)
+                labels, scores = bundle.predict(
+                    image,
+                    device=hardware.device,
+                    precision=hardware.precision,
+                    channels_last=hardware.channels_last,
+                    source=str(path),
+                )
+                write_prediction(out, path, image, labels, scores, bundle, score_format)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
@@ -403,6 +416,7 @@ def suggest_command(
     min_area: Annotated[int, typer.Option(help="Smallest region, in pixels.")] = 9,
     variable: Variable = None,
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
     **options: Any,
 ) -> None:
     """Rank, per image, the regions where a new stroke would help most (uncertain between known
@@ -424,27 +438,30 @@ def suggest_command(
         found = []
 
         def write(tmp: Path) -> None:
-            for path in track(files, description="suggesting", console=console):
-                image = read_image(path, variable)
-                annotated = None
-                if masks is not None:
-                    annotated = read_mask(mask_of[path.stem])
-                    if annotated.shape != image.shape[:2]:
-                        raise ValueError(
-                            f"{mask_of[path.stem]}: mask {annotated.shape} does not match the "
-                            f"image {path} {image.shape[:2]}"
-                        )
-                regions, maps = bundle.suggest(
-                    image,
-                    annotated=None if annotated is None else annotated > 0,
-                    name=path.stem,
-                    top=top,
-                    min_area=min_area,
-                    device=device,
-                )
-                mask = None if annotated is None else np.clip(annotated, 0, 255).astype(np.uint8)
-                write_suggestions(tmp, path, image, regions, maps, bundle, mask)
-                found.extend(regions)
+            with stages(console, quiet=quiet) as progress:
+                for path in track(files, progress, "suggesting"):
+                    image = read_image(path, variable)
+                    annotated = None
+                    if masks is not None:
+                        annotated = read_mask(mask_of[path.stem])
+                        if annotated.shape != image.shape[:2]:
+                            raise ValueError(
+                                f"{mask_of[path.stem]}: mask {annotated.shape} does not match the "
+                                f"image {path} {image.shape[:2]}"
+                            )
+                    regions, maps = bundle.suggest(
+                        image,
+                        annotated=None if annotated is None else annotated > 0,
+                        name=path.stem,
+                        top=top,
+                        min_area=min_area,
+                        device=device,
+                    )
+                    mask = (
+                        None if annotated is None else np.clip(annotated, 0, 255).astype(np.uint8)
+                    )
+                    write_suggestions(tmp, path, image, regions, maps, bundle, mask)
+                    found.extend(regions)
             (tmp / "suggestions.json").write_text(json.dumps(regions_json(found), indent=1))
             (tmp / "suggestions.csv").write_text(regions_csv(found))
 
@@ -465,6 +482,7 @@ def evaluate_command(
     ],
     nan_policy: NanPolicy = "error",
     overwrite: Overwrite = False,
+    quiet: Quiet = False,
     **options: Any,
 ) -> None:
     """Score a model on labelled images: ID = the classes' pixels, OOD = the manifest's ood values."""
@@ -472,7 +490,8 @@ def evaluate_command(
         device = _build(HardwareConfig, options).device
         _new_folder(out, overwrite)
         dataset = with_nan_policy(load_manifest(data), check_nan_policy(nan_policy))
-        evaluation = evaluate(load_bundle(model), dataset, device=device)
+        with stages(console, quiet=quiet) as progress:
+            evaluation = evaluate(load_bundle(model), dataset, device=device, progress=progress)
         write_folder(out, lambda tmp: write_evaluation(tmp, evaluation))
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}")
@@ -485,10 +504,12 @@ def evaluate_command(
 @app.command("report")
 def report_command(
     folder: Annotated[Path, typer.Argument(help="A crossval or evaluate output folder.")],
+    quiet: Quiet = False,
 ) -> None:
     """Write FOLDER/report.html: tables and figures in one self-contained page."""
     try:
-        path = write_html(folder)
+        with stages(console, quiet=quiet) as progress:
+            path = write_html(folder, progress)
     except (FileNotFoundError, ValueError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None

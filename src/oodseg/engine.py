@@ -25,12 +25,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from oodseg.config import BACKGROUND, DEFAULT_RULE, MAX_CLASSES, RULES, ScoringConfig, TrainConfig
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import KnownHead, LogitDetector, PixelOutputs, make_detector
 from oodseg.distributed import gather_by_image, my_images
+from oodseg.encoders import IMAGENET_MEAN, IMAGENET_STD
 from oodseg.inference import Inference, Predictor, Scorer
 from oodseg.metrics import (
     OPERATING_METRICS,
@@ -39,6 +39,7 @@ from oodseg.metrics import (
     segmentation_from_confusion,
 )
 from oodseg.model import Ensemble, Segmenter, build_network
+from oodseg.progress import Stages, bars, lines, stage, track
 from oodseg.threshold import OperatingPoints, operating_points
 from oodseg.training import IGNORE, fit
 
@@ -116,62 +117,68 @@ class Collection:
 
 
 def collect(
-    collection: Collection, progress: Progress | None = None, *, input_pca: int = 0
+    collection: Collection,
+    progress: Stages | None = None,
+    *,
+    input_pca: int = 0,
+    imagenet: bool = False,
 ) -> Collection:
     """One pass over the samples: the band count (must agree), the roles each sample holds, pixel
     counts per role and class, and the input normalisation (per-band mean and standard deviation
     over the pixels the samples allow, merged exactly in float64; with ``input_pca``, also their
     covariance, whose leading principal components the network then takes as input when the
-    images have more bands than that)."""
+    images have more bands than that). With ``imagenet`` (a pretrained encoder), ImageNet's
+    channel means and deviations instead, on RGB images of 0..255 or 0..1."""
     if len(collection.class_names) > MAX_CLASSES:
         raise ValueError(
             f"{collection.name}: {len(collection.class_names)} classes; at most {MAX_CLASSES}"
         )
     per_sample = {r: np.zeros((collection.size, 256), np.int64) for r in ROLES}
     roles, sides = [], []
-    n, mean, m2, co = 0, 0.0, 0.0, 0.0
-    task = progress.add_task("reading the data", total=collection.size) if progress else None
-    for i in range(collection.size):
-        s = collection.load(i)
-        if i == 0:
-            collection.bands = s.image.shape[-1]
-        elif s.image.shape[-1] != collection.bands:
-            raise ValueError(
-                f"{s.name}: {s.image.shape[-1]} bands, but the first image has {collection.bands}"
-            )
-        held = set()
-        for role in ROLES:
-            mask = getattr(s, role)
-            if mask is not None:
-                per_sample[role][i] = np.bincount(mask.ravel(), minlength=256)
-                if per_sample[role][i, 1:].any():
-                    held.add(role)
-        roles.append(frozenset(held))
-        sides.append(s.image.shape[:2])
-        if s.normalise is not None and s.normalise.any():
-            pixels = np.asarray(s.image)[s.normalise].astype(np.float64)
-            nb, mb = len(pixels), pixels.sum(0) / len(pixels)
-            d = pixels - mb
-            m2b = (d * d).sum(0)
-            cob = d.T @ d if 0 < input_pca < collection.bands else 0.0
-            # Chan et al.'s pairwise merge of (count, mean, sum of squared deviations), and of
-            # the co-moments alike.
-            delta = mb - mean
-            total = n + nb
-            mean = mean + delta * nb / total if n else mb
-            m2 = m2 + m2b + delta**2 * n * nb / total if n else m2b
-            co = co + cob + np.outer(delta, delta) * n * nb / total if n else cob
-            n = total
-        if progress:
-            progress.advance(task)
-    if progress:
-        progress.remove_task(task)
+    n, mean, m2, co, top = 0, 0.0, 0.0, 0.0, 0.0
+    with stage(progress, "checking the images and masks", collection.size) as step:
+        for i in range(collection.size):
+            s = collection.load(i)
+            if i == 0:
+                collection.bands = s.image.shape[-1]
+            elif s.image.shape[-1] != collection.bands:
+                raise ValueError(
+                    f"{s.name}: {s.image.shape[-1]} bands, but the first image has "
+                    f"{collection.bands}; save every image with the same bands"
+                )
+            held = set()
+            for role in ROLES:
+                mask = getattr(s, role)
+                if mask is not None:
+                    per_sample[role][i] = np.bincount(mask.ravel(), minlength=256)
+                    if per_sample[role][i, 1:].any():
+                        held.add(role)
+            roles.append(frozenset(held))
+            sides.append(s.image.shape[:2])
+            if s.normalise is not None and s.normalise.any():
+                pixels = np.asarray(s.image)[s.normalise].astype(np.float64)
+                nb, mb = len(pixels), pixels.sum(0) / len(pixels)
+                top = max(top, float(pixels.max()))
+                d = pixels - mb
+                m2b = (d * d).sum(0)
+                cob = d.T @ d if 0 < input_pca < collection.bands else 0.0
+                # Chan et al.'s pairwise merge of (count, mean, sum of squared deviations), and
+                # of the co-moments alike.
+                delta = mb - mean
+                total = n + nb
+                mean = mean + delta * nb / total if n else mb
+                m2 = m2 + m2b + delta**2 * n * nb / total if n else m2b
+                co = co + cob + np.outer(delta, delta) * n * nb / total if n else cob
+                n = total
+            step()
     if n == 0:
         raise ValueError(f"{collection.name}: no training pixel to fit the input normalisation on")
     std = np.sqrt(m2 / n)
     collection.normaliser = BandNormaliser(mean, np.where(std > 0, std, 1.0))
     if 0 < input_pca < collection.bands:
         collection.normaliser = collection.normaliser.with_pca(co / n, input_pca)
+    if imagenet:
+        collection.normaliser = _imagenet_normaliser(collection, top)
     collection.per_sample, collection.roles, collection.sides = per_sample, roles, sides
     return collection
 
@@ -199,6 +206,18 @@ class Fold:
         table[list(self.known)] = np.arange(self.k)
         table[list(self.ood)] = self.k
         return table
+
+
+def _imagenet_normaliser(collection: Collection, top: float) -> BandNormaliser:
+    """ImageNet's normalisation, for RGB images whose values run to ``top`` (8-bit or 0..1)."""
+    if collection.bands != 3 or top > 255:
+        raise ValueError(
+            f"{collection.name}: ImageNet-pretrained weights take RGB images of 0..255 or 0..1; "
+            f"these have {collection.bands} bands up to {top:g}: choose --preset small or "
+            "reference"
+        )
+    scale = 1.0 if top <= 1 else 255.0
+    return BandNormaliser(scale * np.array(IMAGENET_MEAN), scale * np.array(IMAGENET_STD))
 
 
 def train_network(
@@ -322,11 +341,14 @@ def fit_scorer(
     rule: str = DEFAULT_RULE,
     ood: Sequence[int] = (),
     seed: int = 0,
+    progress: Stages | None = None,
+    label: str = "",
 ) -> FittedScorer:
     """Fit the detectors on the training annotations' outputs (streamed, image by image), then
     score the calibration images once: their held-out annotations and a seeded sample of their
     unlabelled pixels give every rule's threshold (:func:`oodseg.threshold.operating_points`).
-    ``ood``: the truth values that are OOD in this fold (only to report the true ID share)."""
+    ``ood``: the truth values that are OOD in this fold (only to report the true ID share);
+    ``label`` names the run in the progress."""
     if rule not in RULES:
         raise ValueError(f"unknown threshold rule {rule!r}; choose one of: {', '.join(RULES)}")
     k = len(known)
@@ -356,15 +378,17 @@ def fit_scorer(
 
         return rows
 
-    def stream(role: str) -> Iterator[tuple[PixelOutputs, torch.Tensor]]:
-        for p in _per_image(collection.ids(role), annotated_pixels(role), width, torch.float32):
+    def stream(role: str, what: str) -> Iterator[tuple[PixelOutputs, torch.Tensor]]:
+        ids = collection.ids(role)
+        parts = _per_image(ids, annotated_pixels(role), width, torch.float32)
+        for p in track(parts, progress, f"{label}{what}", len(ids)):
             if len(p):
                 known_logit = p[:, k + f] if has_known else None
                 yield PixelOutputs(p[:, :k], p[:, k : k + f], w, b, known_logit), p[:, -1].long()
 
-    scorer.fit(stream("train"))
+    scorer.fit(stream("train", "fitting the detectors"))
     if scorer.needs_calibration:
-        scorer.calibrate(outputs for outputs, _ in stream("calibration"))
+        scorer.calibrate(outputs for outputs, _ in stream("calibration", "calibrating detectors"))
 
     calibration_ids = collection.ids("calibration")
     per_image = -(-UNLABELLED_SAMPLE // max(1, len(calibration_ids)))
@@ -396,7 +420,14 @@ def fit_scorer(
         ]
         return torch.from_numpy(rows.astype(np.float32))
 
-    parts = list(_per_image(calibration_ids, calibration_scores, len(detectors) + 2, torch.float32))
+    parts = list(
+        track(
+            _per_image(calibration_ids, calibration_scores, len(detectors) + 2, torch.float32),
+            progress,
+            f"{label}scoring the calibration images",
+            len(calibration_ids),
+        )
+    )
     rows = torch.cat(parts).numpy() if parts else np.zeros((0, len(detectors) + 2), np.float32)
     is_unlabelled = rows[:, -2] == 1
     cal = rows[~is_unlabelled]
@@ -459,13 +490,14 @@ def test_pass(
     seed: int = 0,
     candidates: dict[str, np.ndarray] | None = None,
     background_class: bool = False,
-    progress: Progress | None = None,
+    progress: Stages | None = None,
+    label: str = "",
 ) -> tuple[dict[str, ScoreTally], np.ndarray, list[Panel]]:
     """Score every test image once: per detector a tally of the ID and OOD test pixels' scores
     and of the K+1 map (the arg-max where the score passes the threshold, K elsewhere; with
     ``background_class``, the arg-max of a network whose class K is the background) and, given
     ``candidates`` (detector -> thresholds), the K+1 map's quality at each of them; the
-    closed-set confusion matrix; and the panels."""
+    closed-set confusion matrix; and the panels. ``label`` names the run in the progress."""
     k, table = fold.k, fold.index()
     candidates = candidates or {}
     tallies = {d: ScoreTally(k, seed, candidates.get(d)) for d in scorer.detectors}
@@ -473,15 +505,11 @@ def test_pass(
     panels = []
     first = next(iter(scorer.detectors))
     panel_ids = set(collection.panel_ids)
-    ids = collection.ids("truth")
-    task = progress.add_task(f"{fold.key}: scoring", total=len(ids)) if progress else None
-    for i in ids:
+    for i in track(collection.ids("truth"), progress, f"{label}scoring the test images"):
         s = collection.load(i)
         truth = table[s.truth]
         scored = truth != IGNORE
         if not scored.any() and i not in panel_ids:
-            if progress:
-                progress.advance(task)
             continue
         maps, argmax, margin = scorer.image_maps(s.image, s.name, margin=i in panel_ids)
         t, is_ood = truth[scored], truth[scored] == k
@@ -502,10 +530,6 @@ def test_pass(
                         margin,
                     )
                 )
-        if progress:
-            progress.advance(task)
-    if progress:
-        progress.remove_task(task)
     return tallies, closed, panels
 
 
@@ -613,7 +637,7 @@ def run_fold(
     detectors: Sequence[str],
     *,
     baseline: bool = False,
-    progress: Progress | None = None,
+    progress: Stages | None = None,
     net: Segmenter | Ensemble | None = None,
 ) -> FoldResult:
     """Train without the OOD classes, fit and calibrate every detector (the K+1 map at the
@@ -622,7 +646,8 @@ def run_fold(
     by :func:`train_network` (scoring levers are then compared on one network)."""
     run = Inference.of(config, scoring)
     if net is None:
-        net = train_network(collection, fold.known, config, progress=progress is not None)
+        with stage(lines(progress), "training"):
+            net = train_network(collection, fold.known, config, progress=bars(progress))
     fitted = fit_scorer(
         collection,
         net,
@@ -633,6 +658,7 @@ def run_fold(
         rule=scoring.threshold,
         ood=fold.ood,
         seed=config.seed,
+        progress=progress,
     )
     tallies, closed, panels = test_pass(
         collection,
@@ -670,7 +696,7 @@ def fully_supervised(
     scoring: ScoringConfig,
     detector: str,
     *,
-    progress: Progress | None = None,
+    progress: Stages | None = None,
 ) -> dict:
     """The upper bound that needs the expensive labels: a network trained on the dense labels of
     the training images. Where the OOD truth is the declared background, background is one more
@@ -679,14 +705,16 @@ def fully_supervised(
     and ``scoring``'s threshold rule make its K+1 map, as for the sparse annotations."""
     config = replace(config, unlabelled="ignore")  # every pixel of a class is labelled here
     with_background = fold.protocol == "background"
-    net = train_network(
-        collection,
-        fold.known,
-        config,
-        dense=True,
-        background_class=with_background,
-        progress=progress is not None,
-    )
+    label = "fully supervised: "
+    with stage(lines(progress), f"{label}training"):
+        net = train_network(
+            collection,
+            fold.known,
+            config,
+            dense=True,
+            background_class=with_background,
+            progress=bars(progress),
+        )
     run = Inference.of(config, scoring)
     rule = scoring.threshold
     if with_background:
@@ -696,7 +724,16 @@ def fully_supervised(
         how = "background as a class"
     else:
         fitted = fit_scorer(
-            collection, net, fold.known, [detector], scoring.tpr, run, rule=rule, seed=config.seed
+            collection,
+            net,
+            fold.known,
+            [detector],
+            scoring.tpr,
+            run,
+            rule=rule,
+            seed=config.seed,
+            progress=progress,
+            label=label,
         )
         scorer, thresholds = fitted.scorer, fitted.thresholds
         how = f"{detector}, {rule} threshold"
@@ -709,6 +746,7 @@ def fully_supervised(
         # With background as a class, background (index K) wins or not: it is the OOD call.
         background_class=with_background,
         progress=progress,
+        label=label,
     )
     tally = tallies[detector]
     ood, _ = tally.ood_result()

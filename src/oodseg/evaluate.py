@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from rich.progress import track
 
 from oodseg.bundle import OOD_LABEL, Bundle, Maps
 from oodseg.config import BACKGROUND
 from oodseg.figures import PanelView, rgb_view
 from oodseg.manifest import ImageDataset, read_sample
 from oodseg.metrics import ScoreTally, ood_metrics, segmentation_from_confusion
+from oodseg.progress import Stages, track
 from oodseg.suggest import suggest_regions
 from oodseg.viewer import Layer, Picture
 
@@ -34,7 +34,9 @@ class Evaluation:
     viewers: list[tuple[str, Picture, Layer]]  # the panel images, for their viewer pages
 
 
-def evaluate(bundle: Bundle, data: ImageDataset, *, device: str = "cpu") -> Evaluation:
+def evaluate(
+    bundle: Bundle, data: ImageDataset, *, device: str = "cpu", progress: Stages | None = None
+) -> Evaluation:
     """Predict every image of ``data`` (its ``test`` split if it has one) and score the result."""
     start = time.perf_counter()
     items = data.split("test") or data.items
@@ -46,7 +48,7 @@ def evaluate(bundle: Bundle, data: ImageDataset, *, device: str = "cpu") -> Eval
     k = len(bundle.class_names)
     tally = ScoreTally(k, seed=0)  # streamed: one image in memory at a time
     per_image, panels, viewers = [], [], []
-    for item in track(items, description="evaluating", transient=True):
+    for item in track(items, progress, "scoring the images"):
         sample = read_sample(data, item, bundle.bands)
         drawn = len(panels) < PANELS
         maps = bundle.maps(sample.image, device=device, source=str(item.image), margin=drawn)

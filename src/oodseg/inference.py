@@ -28,6 +28,12 @@ from oodseg.model import Ensemble, Segmenter
 from oodseg.runtime import torch_device
 from oodseg.suggest import class_margin
 
+# Window side of the network at inference. On the 2-core CPU, the small network's windows of 512
+# ran a 2,048 x 2,048 RGB image 1.8x faster than windows of 1,024, and on 60 frames of mixed sizes
+# up to 2,500 px a cross-validation's peak memory fell from 3.3 to 2.2 GB
+# (docs/benchmarks.md, "Memory on large collections").
+WINDOW = 512
+
 
 @dataclass(frozen=True)
 class Inference:
@@ -36,7 +42,7 @@ class Inference:
     asked), and the Gaussian smoothing of the score maps and class probabilities."""
 
     device: str = "cpu"
-    tile: int = 1024
+    tile: int = WINDOW
     precision: str = "32"  # or "bf16-mixed"
     channels_last: bool = False
     smooth: float = 0.0  # score maps Gaussian-filtered with this standard deviation (pixels)

@@ -192,6 +192,17 @@ def _pillow(path: Path, _: str | None, *, colour: bool = False) -> np.ndarray:
         return np.asarray(im.convert(modes[im.mode]) if im.mode in modes else im)
 
 
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def is_colour_photo(path: Path) -> bool:
+    """Whether a PNG / JPEG file holds a colour picture, from its header alone (no decoding)."""
+    if path.suffix.lower() not in PIL_SUFFIXES:
+        return False
+    with Image.open(path) as im:
+        return im.mode not in GREY_MODES
+
+
 def _envi(path: Path, _: str | None) -> np.ndarray:
     import spectral
 

@@ -35,7 +35,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from oodseg.io import IMAGE_SUFFIXES, check_finite, read_array, read_image, read_mask
+from oodseg.io import (
+    IMAGE_SUFFIXES,
+    PIL_SUFFIXES,
+    check_finite,
+    is_colour_photo,
+    read_array,
+    read_image,
+    read_mask,
+)
+from oodseg.progress import Stages, track
 
 SPLITS = ("train", "val", "test")
 LOSSY_MASKS = (".jpg", ".jpeg")
@@ -245,13 +254,24 @@ def _checked(data: ImageDataset, source: Path) -> ImageDataset:
     return data
 
 
+def colour_bands(data: ImageDataset) -> int | None:
+    """3 where any of the data set's images is a colour PNG / JPEG: its grey-scale PNG / JPEG
+    images are then read as three equal bands (a camera's grey frames among colour ones), by
+    :func:`read_sample`. None otherwise: every image keeps its own bands."""
+    return 3 if any(is_colour_photo(item.image) for item in data.items) else None
+
+
 def read_sample(data: ImageDataset, item: Item, bands: int | None = None) -> Sample:
-    """Read one item and check it: finite values (or filled by the NaN policy), the band count,
-    the mask's shape and values."""
+    """Read one item and check it: finite values (or filled by the NaN policy), the band count
+    (a grey-scale PNG / JPEG is read as three equal bands where ``bands`` is 3), the mask's shape
+    and values."""
     image = check_finite(read_image(item.image, data.variable), item.image, data.nan_policy)
+    if bands == 3 and image.shape[-1] == 1 and item.image.suffix.lower() in PIL_SUFFIXES:
+        image = np.repeat(image, 3, axis=-1)
     if bands is not None and image.shape[-1] != bands:
         raise ValueError(
-            f"{item.image}: {image.shape[-1]} bands, but the data set / model has {bands}"
+            f"{item.image}: {image.shape[-1]} bands, but the data set / model has {bands}; "
+            "save every image with the same bands"
         )
     mask = np.zeros(image.shape[:2], np.int64)
     if item.mask is not None:
@@ -286,7 +306,7 @@ def _colour_mask(data: ImageDataset, path: Path) -> np.ndarray:
     rgb = np.asarray(read_array(path, data.mask_variable, colour=True))
     if rgb.ndim != 3 or rgb.shape[-1] not in (3, 4):
         raise ValueError(f"{path}: a palette needs colour (RGB) masks, got shape {rgb.shape}")
-    rgb = rgb[..., :3].astype(np.int64)
+    rgb = rgb[..., :3].astype(np.int32)
     k = len(data.class_names)
     names = list(data.palette)
     value = np.array(
@@ -300,13 +320,17 @@ def _colour_mask(data: ImageDataset, path: Path) -> np.ndarray:
         ]
     )
     colours = np.array([data.palette[n] for n in names])
-    flat = rgb.reshape(-1, 3)
-    # Each distinct colour once: a mask has few colours, JPEG noise a few thousand at most.
-    distinct, inverse = np.unique(flat, axis=0, return_inverse=True)
+    # Each distinct colour once (a mask has few colours, JPEG noise a few thousand at most), as
+    # one 24-bit code per pixel: numpy finds distinct codes by hashing, then each pixel's place
+    # among them by binary search, many times faster than sorting the pixels' colour rows.
+    code = (rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]).ravel()
+    codes = np.unique(code)
+    inverse = np.searchsorted(codes, code)
+    distinct = np.stack([codes >> 16, codes >> 8 & 255, codes & 255], 1)
     d = np.sqrt(((distinct[:, None, :] - colours[None]) ** 2).sum(-1))
     nearest, dist = d.argmin(1), d.min(1)
     exact, near = dist == 0, dist <= data.palette_tolerance
-    per_pixel = np.bincount(inverse.ravel(), minlength=len(distinct))
+    per_pixel = np.bincount(inverse, minlength=len(distinct))
     if data.palette_strict and path.suffix.lower() not in LOSSY_MASKS and not exact.all():
         bad = distinct[~exact][np.argmax(per_pixel[~exact])]
         raise ValueError(
@@ -320,17 +344,22 @@ def _colour_mask(data: ImageDataset, path: Path) -> np.ndarray:
         "ignored": int(per_pixel[~near].sum()),
     }
     out = np.where(near, value[nearest], 0)
-    return out[inverse.ravel()].reshape(rgb.shape[:2])
+    return out[inverse].reshape(rgb.shape[:2])
 
 
-def read_all(data: ImageDataset, split: str = "train", bands: int | None = None) -> list[Sample]:
+def read_all(
+    data: ImageDataset,
+    split: str = "train",
+    bands: int | None = None,
+    progress: Stages | None = None,
+) -> list[Sample]:
     """Every item of a split, read and checked; band counts must agree across the data set (and
     with ``bands`` if given), and every training class needs at least one annotated pixel."""
     items = data.split(split)
     if not items:
         raise ValueError(f"the data set has no {split} image")
     samples = []
-    for item in items:
+    for item in track(items, progress, f"reading the {split} images"):
         sample = read_sample(data, item, bands)
         bands = sample.image.shape[-1]
         samples.append(sample)

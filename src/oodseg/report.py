@@ -22,6 +22,7 @@ from rich.table import Table
 from oodseg.figures import overlay, plot_histograms, plot_panels, plot_roc, rgb_view
 from oodseg.io import atomic_path
 from oodseg.metrics import BASELINE_METRICS, METRICS, OPERATING
+from oodseg.progress import Stages
 from oodseg.runstore import figure_data, write_results
 from oodseg.viewer import Layer, Picture, page, save_layer, save_picture, write_page, write_pages
 
@@ -462,7 +463,7 @@ def evaluation_markdown(res: dict) -> str:
 _EVAL_LABELS = {**LABELS, "id_kept": "ID kept (TPR)"}
 
 
-def write_html(folder: Path) -> Path:
+def write_html(folder: Path, progress: Stages | None = None) -> Path:
     """``report.html`` in ``folder``: its results.md as HTML with every PNG figure embedded, one
     self-contained file that reads offline. Figures the page refers to stay where it shows them
     (it leads with them); the others follow the tables. The images a run kept for the viewer get
@@ -482,7 +483,7 @@ def write_html(folder: Path) -> Path:
         return f'src="{uri(path)}"'
 
     body = re.sub(r'src="([^"/]+\.png)"', inline, body)
-    pages = write_pages(folder)
+    pages = write_pages(folder, progress)
     if pages:
         links = "".join(f'<li><a href="viewer/{p.name}">{p.stem}</a></li>' for p in pages)
         body = (

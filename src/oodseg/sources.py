@@ -31,7 +31,7 @@ from oodseg.datasets import (
     endoscapes_items,
 )
 from oodseg.engine import Collection, Fold, Sample
-from oodseg.manifest import ImageDataset, read_sample
+from oodseg.manifest import ImageDataset, colour_bands, read_sample
 from oodseg.splits import SplitName, make_split
 
 PROTOCOLS = ("background", "loco")
@@ -220,9 +220,10 @@ def dataset_collection(
         )
     name = Path(source).stem if Path(source).suffix else Path(source).name
     k = len(data.class_names)
+    bands = colour_bands(data)
 
     def read(item) -> tuple[np.ndarray, np.ndarray]:
-        s = read_sample(data, item)
+        s = read_sample(data, item, bands)
         dense = np.where(s.mask == k + 1, BACKGROUND, s.mask).astype(np.uint8)
         image = s.image
         if scale != 1:

@@ -69,6 +69,10 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def release(self) -> None:
+        """Drop the cached images (training is over)."""
+        self._cache.clear()
+
     def _image(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Image n padded to a patch as an (H, W, C) array (a patch's pixels are then contiguous
         runs of channels: copying it from a (C, H, W) image took a sixth of a training step), its
@@ -300,7 +304,13 @@ def fit(
         )
         last = checkpoint_dir / "last.ckpt" if checkpoint_dir is not None else None
         # Our own checkpoint, written by this function: Lightning's loader unpickles its loop state.
-        trainer.fit(module, loader, ckpt_path=last if resume and last.is_file() else None)
+        try:
+            trainer.fit(module, loader, ckpt_path=last if resume and last.is_file() else None)
+        finally:
+            # Lightning's trainer, module and loader hold one another, so they (and the cached
+            # training images) would wait for the cycle collector: up to the cache's size held
+            # through the scoring that follows.
+            data.release()
     return net.eval()
 
 

@@ -30,6 +30,7 @@ from PIL import Image
 
 from oodseg.figures import class_colours
 from oodseg.io import atomic_path
+from oodseg.progress import Stages, track
 from oodseg.suggest import Region, regions_json
 
 LEVELS = 256
@@ -253,10 +254,11 @@ def _read_kept(folder: Path) -> tuple[Picture, dict, list[Layer]]:
     return picture, meta, layers
 
 
-def write_pages(out: Path) -> list[Path]:
+def write_pages(out: Path, progress: Stages | None = None) -> list[Path]:
     """``viewer/<image>.html`` for every image whose picture and maps a run kept."""
     pages = []
-    for folder in sorted(p for p in (out / "viewer").glob("*") if p.is_dir()):
+    folders = sorted(p for p in (out / "viewer").glob("*") if p.is_dir())
+    for folder in track(folders, progress, "writing the viewer pages"):
         try:
             picture, meta, layers = _read_kept(folder)
         except (OSError, ValueError, KeyError) as e:
