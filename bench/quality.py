@@ -58,6 +58,37 @@ GRID: list[tuple[str, str, str, list[str]]] = [
     ("ip-dropout10", "ip", "dropout 0.1 (no baselines)", [*QUICK, "--dropout", "0.1"]),
     ("ipb-dropout10", "ip-blocks", "dropout 0.1 (no baselines)", [*QUICK, "--dropout", "0.1"]),
     ("es-dropout10", "es", "dropout 0.1 (no baselines)", [*QUICK, "--dropout", "0.1"]),
+    (
+        "es-pretrained",
+        "es",
+        "the pretrained preset (ImageNet EfficientNet-Lite0 encoder), with the baselines",
+        ["--preset", "pretrained"],
+    ),
+    *(
+        (
+            f"es-seed{seed}",
+            "es",
+            f"defaults, seed {seed} (no baselines)",
+            [*QUICK, "--seed", str(seed)],
+        )
+        for seed in (1, 2)
+    ),
+    *(
+        (
+            f"es-pretrained-seed{seed}",
+            "es",
+            f"the pretrained preset, seed {seed} (no baselines)",
+            [*QUICK, "--preset", "pretrained", "--seed", str(seed)],
+        )
+        for seed in (1, 2)
+    ),
+    ("est-default", "es-tool", "defaults, the tool held out (no baselines)", QUICK),
+    (
+        "est-pretrained",
+        "es-tool",
+        "the pretrained preset, the tool held out (no baselines)",
+        [*QUICK, "--preset", "pretrained"],
+    ),
     ("samson-dropout10", "samson", "dropout 0.1 (no baselines)", [*QUICK, "--dropout", "0.1"]),
     (
         "ip-ensemble3",
@@ -124,6 +155,10 @@ DATASETS = {
     "ip": ["--dataset", "indian_pines"],
     "ip-blocks": ["--dataset", "indian_pines", "--split", "blocks"],
     "es": ["--dataset", "endoscapes", "--scale", "0.5", "--protocols", "background"],
+    "es-tool": [
+        *("--dataset", "endoscapes", "--scale", "0.5", "--protocols", "loco"),
+        *("--hold-out", "tool"),
+    ],
     "samson": [],
     "vf": ["--scale", "0.25"],
 }
@@ -138,8 +173,8 @@ SHOWN = argparse.Namespace(
 
 
 def data_options(dataset: str, args: argparse.Namespace) -> list[str]:
-    if dataset == "es":
-        return [*DATASETS["es"], "--data-root", str(args.endoscapes)]
+    if dataset.startswith("es"):
+        return [*DATASETS[dataset], "--data-root", str(args.endoscapes)]
     if dataset == "samson":
         return ["--data", str(args.samson)]
     if dataset == "vf":

@@ -144,10 +144,11 @@ FRAMES = {
 }
 
 
-def frames_collection(root, folder, *, colour: bool = False):
+def frames_collection(root, folder, *, colour: bool = False, lossless: bool = False):
     """Nine Endoscapes frames (three per official split, among those showing all six
     structures) at two sizes: JPEG frames, index masks (PNG) or colour masks (JPEG, quality 85)
-    through a palette."""
+    through a palette; with ``lossless``, PNG colour masks with 1 % of their pixels one step off
+    their palette colour (as resampled masks carry), the count in ``nudged.txt``."""
     folder.mkdir(parents=True)
     names = [*FRAMES["train"], *FRAMES["val"], *FRAMES["test"]]
     splits = [s for s in ("train", "val", "test") for _ in range(3)]
@@ -175,7 +176,16 @@ def frames_collection(root, folder, *, colour: bool = False):
         frame.resize(size, Image.BILINEAR).save(folder / f"{name}.jpg", quality=92)
         small = np.array(mask.resize(size, Image.NEAREST))
         small = np.where(small > 6, 255, small).astype(np.uint8)
-        if colour:
+        if colour and lossless:
+            rgb = colours[small]
+            nudged = np.random.default_rng(n).random(small.shape) < 0.01
+            blue = rgb[..., 2]
+            blue[nudged] = np.where(blue[nudged] == 255, 254, blue[nudged] + 1)
+            Image.fromarray(rgb).save(folder / f"{name}_mask.png")
+            mask_file = f"{name}_mask.png"
+            total = int((folder / "nudged.txt").read_text()) if n else 0
+            (folder / "nudged.txt").write_text(str(total + int(nudged.sum())))
+        elif colour:
             Image.fromarray(colours[small]).save(folder / f"{name}_mask.jpg", quality=85)
             mask_file = f"{name}_mask.jpg"
         else:
@@ -235,6 +245,24 @@ def test_colour_masks_snap_jpeg_noise_to_the_palette(endoscapes, tmp_path):
         truth = np.load(tmp_path / "data" / f"{s.name}_truth.npy")
         expected = np.where(truth == 0, BACKGROUND, np.where(truth == 255, 0, truth))
         assert (dense == expected).mean() > 0.95  # JPEG blurs class borders, nothing more
+
+
+def test_a_run_on_lossless_colour_masks_just_off_the_palette_needs_no_conversion(
+    endoscapes, tmp_path
+):
+    manifest = frames_collection(endoscapes, tmp_path / "data", colour=True, lossless=True)
+    out = tmp_path / "run"
+    args = ["crossval", "--data", str(manifest), "--out", str(out), *QUICK, "--epochs", "2"]
+    result = runner.invoke(
+        app, [*args, "--detectors", "gen", "--protocols", "background", "--no-baselines"]
+    )
+    assert result.exit_code == 0, result.output
+    res = json.loads((out / "results.json").read_text())
+    nudged = int((tmp_path / "data" / "nudged.txt").read_text())
+    assert res["colour_masks"] == {"snapped": nudged, "ignored": 0}
+    assert f"colour masks: {nudged} pixels snapped to the palette, 0 ignored" in result.output
+    (fold,) = res["protocols"]["background"]["folds"]
+    assert np.isfinite(fold["auroc"]) and fold["n_id"] > 1000 and fold["n_ood"] > 1000
 
 
 def test_lossless_colour_masks_off_the_palette_snap_or_are_ignored_and_are_counted(tmp_path):

