@@ -227,6 +227,9 @@ def test_cli_train_then_predict_a_folder(dataset, crops, tmp_path):
         ["train", "--data", str(dataset), "--out", str(model), "--epochs", "1", "--device", "cpu"],
     )
     assert result.exit_code == 0, result.output
+    # Hyperspectral crops: no known-vs-unknown head, and the bundle says which detector and why.
+    shown = " ".join(result.output.split())
+    assert "detector gen: the default: no known-vs-unknown head was trained" in shown
     scans = tmp_path / "scans"
     scans.mkdir()
     for i, fmt in enumerate(("npy", "hdr")):

@@ -361,9 +361,18 @@ def train_command(
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
+    why = (
+        "as --detector asked"
+        if detector
+        else "the known-vs-unknown head's score: RGB images whose data declare background "
+        "train it, and it ranks background best there"
+        if bundle.detector.name == "pu"
+        else "the default: no known-vs-unknown head was trained"
+    )
     console.print(
         f"model written to {out}/ ({len(bundle.class_names)} classes, {bundle.bands} bands, "
-        f"{bundle.detector.name} threshold {bundle.threshold:.4g} at TPR {bundle.tpr})"
+        f"{bundle.detector.name} threshold {bundle.threshold:.4g} at TPR {bundle.tpr}); "
+        f"detector {bundle.detector.name}: {why}"
     )
 
 
