@@ -165,7 +165,7 @@ def endoscapes(max_frames: int, seed: int) -> World:
 
 def train_and_fit(world: World, fold: Fold, strokes, config: TrainConfig) -> FittedScorer:
     collection = world.collection(strokes, world.test)
-    net = train_network(collection, fold.known, config, progress=False)
+    net = train_network(collection, fold.known, config)
     # The defaults' detector, as ``oodseg crossval`` orders them: pu where the PU head was trained.
     detector = "pu" if net.known_head is not None else DEFAULT_DETECTORS[0]
     return fit_scorer(

@@ -102,7 +102,7 @@ def main() -> None:
     start = time.perf_counter()
     scores = {(v, d): [] for v, _ in variants for d in detectors}
     for fold in chosen:
-        net = train_network(collection, fold.known, config, progress=False)
+        net = train_network(collection, fold.known, config)
         for variant, scored in variants:
             result = run_fold(
                 collection,

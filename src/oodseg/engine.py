@@ -229,12 +229,30 @@ def train_network(
     background_class: bool = False,
     checkpoint_dir=None,
     resume: bool = False,
-    progress: bool = True,
+    progress: Stages | None = None,
+    label: str = "",
 ) -> Segmenter | Ensemble:
     """A network trained on the annotations of the ``known`` classes (seeded: the same initial
     weights in every fold; with ``config.ensemble`` > 1, that many networks as one
     :class:`Ensemble`). ``dense`` trains on the dense labels instead of the strokes, and
-    ``background_class`` adds the background as a last class (the fully supervised baseline)."""
+    ``background_class`` adds the background as a last class (the fully supervised baseline).
+    ``progress``: Lightning's bar where it draws bars, else one line (``label`` names the run)."""
+    with stage(lines(progress), f"{label}training"):
+        return _train_network(
+            collection, known, config, dense, background_class, checkpoint_dir, resume, progress
+        )
+
+
+def _train_network(
+    collection: Collection,
+    known: Sequence[int],
+    config: TrainConfig,
+    dense: bool,
+    background_class: bool,
+    checkpoint_dir,
+    resume: bool,
+    progress: Stages | None,
+) -> Segmenter | Ensemble:
     config = config.resolved(collection.declares_background, collection.bands)
     k = len(known)
     table = np.full(256, IGNORE, np.int64)
@@ -274,7 +292,7 @@ def train_network(
                 areas=[collection.sides[i][0] * collection.sides[i][1] for i in ids],
                 checkpoint_dir=member_dir,
                 resume=resume,
-                progress=progress,
+                progress=bars(progress),
             )
         )
     return members[0] if len(members) == 1 else Ensemble(members).eval()
@@ -642,12 +660,11 @@ def run_fold(
 ) -> FoldResult:
     """Train without the OOD classes, fit and calibrate every detector (the K+1 map at the
     threshold of ``scoring``'s rule), score the test pixels; with ``baseline``, also the fully
-    supervised network of the fold (:func:`fully_supervised`). ``net``: the fold's network, already trained
-    by :func:`train_network` (scoring levers are then compared on one network)."""
+    supervised network of the fold (:func:`fully_supervised`). ``net``: the fold's network,
+    already trained by :func:`train_network` (scoring levers are then compared on one network)."""
     run = Inference.of(config, scoring)
     if net is None:
-        with stage(lines(progress), "training"):
-            net = train_network(collection, fold.known, config, progress=bars(progress))
+        net = train_network(collection, fold.known, config, progress=progress)
     fitted = fit_scorer(
         collection,
         net,
@@ -706,15 +723,15 @@ def fully_supervised(
     config = replace(config, unlabelled="ignore")  # every pixel of a class is labelled here
     with_background = fold.protocol == "background"
     label = "fully supervised: "
-    with stage(lines(progress), f"{label}training"):
-        net = train_network(
-            collection,
-            fold.known,
-            config,
-            dense=True,
-            background_class=with_background,
-            progress=bars(progress),
-        )
+    net = train_network(
+        collection,
+        fold.known,
+        config,
+        dense=True,
+        background_class=with_background,
+        progress=progress,
+        label=label,
+    )
     run = Inference.of(config, scoring)
     rule = scoring.threshold
     if with_background:
