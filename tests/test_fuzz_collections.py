@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
@@ -136,7 +136,22 @@ def refused_naming_a_file(error: Exception, paths: list[str]) -> bool:
     return any(p in str(error) for p in paths)
 
 
+def spec(name: str, fmt: str, defect: str = "none") -> dict:
+    return dict(
+        name=name,
+        folder="a",
+        shape=(3, 3),
+        format=fmt,
+        defect=defect,
+        classes=(1, 2),
+        split=None,
+        seed=0,
+    )
+
+
 @given(specs=collections)
+# grey photos with a three-band array: the array's file is named, not its stem
+@example(specs=(spec("scan", "png", "grey"), spec("scan1", "npy"), spec("scan2", "png", "grey")))
 def test_the_checking_pass_runs_or_refuses_naming_the_file(tmp_path_factory, specs):
     root = tmp_path_factory.mktemp("collection")
     manifest, paths = write(root, specs)
