@@ -13,7 +13,7 @@ SEED ?= 0
 
 $(BIN)/oodseg: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
-	$(PIP) -e '.[test,pretrained]'
+	$(PIP) -e '.[test]'
 	touch $@
 
 $(BIN)/mkdocs: $(BIN)/oodseg

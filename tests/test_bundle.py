@@ -62,7 +62,8 @@ def predict_in_new_process(model, image, tmp_path) -> tuple[np.ndarray, np.ndarr
     return np.load(paths[0]), np.load(paths[1])
 
 
-QUICK = TrainConfig(epochs=2, patches_per_epoch=8, batch_size=4, device="cpu")
+# The small network: these tests are about the bundle, not the network (tests/test_pretrained.py)
+QUICK = TrainConfig(preset="small", epochs=2, patches_per_epoch=8, batch_size=4, device="cpu")
 
 
 def write_image(path_stem, cube: np.ndarray, fmt: str):
@@ -227,8 +228,10 @@ def test_cli_train_then_predict_a_folder(dataset, crops, tmp_path):
         ["train", "--data", str(dataset), "--out", str(model), "--epochs", "1", "--device", "cpu"],
     )
     assert result.exit_code == 0, result.output
-    # Hyperspectral crops: no known-vs-unknown head, and the bundle says which detector and why.
+    # Hyperspectral crops: the small network, no known-vs-unknown head, and the bundle says
+    # which network and detector and why.
     shown = " ".join(result.output.split())
+    assert "network small (auto: the pretrained encoder for RGB images" in shown
     assert "detector gen: the default: no known-vs-unknown head was trained" in shown
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -611,7 +614,7 @@ def test_bf16_and_channels_last_prediction_agree_with_float32(bundle_dir, crops)
 
 
 ENDOSCAPES_FRAMES = ["100_27925", "100_28675"]
-TINY = TrainConfig(epochs=1, patches_per_epoch=8, batch_size=4, device="cpu")
+TINY = TrainConfig(preset="small", epochs=1, patches_per_epoch=8, batch_size=4, device="cpu")
 
 
 def endoscapes_frames(shared_data, folder, *, background: bool = False):

@@ -144,7 +144,7 @@ def quick_run(root, tmp_path_factory):
         data_root=str(root),
         protocols=("background",),
         detectors=("pu", "gen", "mahalanobis"),
-        train=TrainConfig(epochs=5, device="cpu"),
+        train=TrainConfig(preset="small", epochs=5, device="cpu"),  # the bounds' network
         **QUICK,
     )
     out = tmp_path_factory.mktemp("endoscapes")

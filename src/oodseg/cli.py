@@ -369,9 +369,11 @@ def train_command(
         if bundle.detector.name == "pu"
         else "the default: no known-vs-unknown head was trained"
     )
+    chosen = " (auto: the pretrained encoder for RGB images, else the small network)"
     console.print(
         f"model written to {out}/ ({len(bundle.class_names)} classes, {bundle.bands} bands, "
         f"{bundle.detector.name} threshold {bundle.threshold:.4g} at TPR {bundle.tpr}); "
+        f"network {bundle.preset}{chosen if config.preset == 'auto' else ''}; "
         f"detector {bundle.detector.name}: {why}"
     )
 

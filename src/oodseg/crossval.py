@@ -108,6 +108,12 @@ class CrossvalConfig:
         None, "Single scene, scene split: pixels around strokes not tested (default 1).", PROTOCOL
     )
     annotation: str = option("strokes", "Simulated annotator: strokes or points.", PROTOCOL)
+    annotation_seed: int | None = option(
+        None,
+        "Seed of the simulated annotator and the split (default: --seed). Fixed while --seed "
+        "varies, it measures how much one network varies on the same annotations.",
+        PROTOCOL,
+    )
     budget: float | None = option(
         None,
         "Share of each class's pixels annotated (default: 0.05 scene, 0.10 blocks, 0.02 per "
@@ -215,7 +221,8 @@ def prepare(
         raise ValueError(f"--dataset {config.dataset} needs --data-root (its folder)")
     if config.data_root is not None and config.dataset not in FRAME_DATASETS:
         raise ValueError("--data-root applies to --dataset endoscapes only")
-    common = {"annotation": config.annotation, "budget": config.budget, "seed": config.train.seed}
+    seed = config.train.seed if config.annotation_seed is None else config.annotation_seed
+    common = {"annotation": config.annotation, "budget": config.budget, "seed": seed}
     if data is not None:
         collection = dataset_collection(
             data,
@@ -244,7 +251,7 @@ def prepare(
             collection,
             progress,
             input_pca=config.train.input_pca,
-            imagenet=PRESETS[config.train.preset].imagenet,
+            preset=config.train.preset,
         )
     if data is not None:
         _check_declared(collection, data, source)
@@ -305,7 +312,7 @@ def prepare(
 def _for_data(config: CrossvalConfig, collection: Collection) -> CrossvalConfig:
     """``config`` with what depends on the data set made concrete: the use of the unlabelled
     pixels (:meth:`TrainConfig.resolved`) and, unless given, the detectors."""
-    train = config.train.resolved(collection.declares_background, collection.bands)
+    train = config.train.resolved(collection.declares_background, collection.bands, collection.top)
     detectors = config.detectors or (("pu",) if train.known_head else ()) + DEFAULT_DETECTORS
     if "pu" in detectors and not train.known_head:
         raise ValueError(

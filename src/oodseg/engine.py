@@ -26,7 +26,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from oodseg.config import BACKGROUND, DEFAULT_RULE, MAX_CLASSES, RULES, ScoringConfig, TrainConfig
+from oodseg.config import (
+    BACKGROUND,
+    DEFAULT_RULE,
+    MAX_CLASSES,
+    PRESETS,
+    RULES,
+    ScoringConfig,
+    TrainConfig,
+    preset_for,
+)
 from oodseg.datasets import BandNormaliser
 from oodseg.detectors import KnownHead, LogitDetector, PixelOutputs, make_detector
 from oodseg.distributed import gather_by_image, my_images
@@ -86,6 +95,7 @@ class Collection:
     roles: list[frozenset[str]] = field(default_factory=list)  # per sample: the roles it holds
     sides: list[tuple[int, int]] = field(default_factory=list)
     bands: int = 0
+    top: float = 0.0  # the largest value of the pixels the input normalisation was fitted on
 
     @property
     def counts(self) -> dict[str, np.ndarray]:
@@ -121,14 +131,15 @@ def collect(
     progress: Stages | None = None,
     *,
     input_pca: int = 0,
-    imagenet: bool = False,
+    preset: str = "small",
 ) -> Collection:
     """One pass over the samples: the band count (must agree), the roles each sample holds, pixel
     counts per role and class, and the input normalisation (per-band mean and standard deviation
     over the pixels the samples allow, merged exactly in float64; with ``input_pca``, also their
     covariance, whose leading principal components the network then takes as input when the
-    images have more bands than that). With ``imagenet`` (a pretrained encoder), ImageNet's
-    channel means and deviations instead, on RGB images of 0..255 or 0..1."""
+    images have more bands than that). Where ``preset`` (resolved by
+    :func:`~oodseg.config.preset_for`) is ImageNet-pretrained, ImageNet's channel means and
+    deviations instead, on RGB images of 0..255 or 0..1."""
     if len(collection.class_names) > MAX_CLASSES:
         raise ValueError(
             f"{collection.name}: {len(collection.class_names)} classes; at most {MAX_CLASSES}"
@@ -177,8 +188,9 @@ def collect(
     collection.normaliser = BandNormaliser(mean, np.where(std > 0, std, 1.0))
     if 0 < input_pca < collection.bands:
         collection.normaliser = collection.normaliser.with_pca(co / n, input_pca)
-    if imagenet:
+    if PRESETS[preset_for(preset, collection.bands, top)].imagenet:
         collection.normaliser = _imagenet_normaliser(collection, top)
+    collection.top = top
     collection.per_sample, collection.roles, collection.sides = per_sample, roles, sides
     return collection
 
@@ -253,7 +265,7 @@ def _train_network(
     resume: bool,
     progress: Stages | None,
 ) -> Segmenter | Ensemble:
-    config = config.resolved(collection.declares_background, collection.bands)
+    config = config.resolved(collection.declares_background, collection.bands, collection.top)
     k = len(known)
     table = np.full(256, IGNORE, np.int64)
     table[list(known)] = np.arange(k)
@@ -735,7 +747,7 @@ def fully_supervised(
     run = Inference.of(config, scoring)
     rule = scoring.threshold
     if with_background:
-        predictor = Predictor(net.eval(), collection.normaliser, config.preset, run)
+        predictor = Predictor(net.eval(), collection.normaliser, net.preset, run)
         scorer = Scorer(predictor, {detector: _BackgroundProbability()})
         thresholds = {detector: 0.5}
         how = "background as a class"
