@@ -449,7 +449,8 @@ def page(runs: Path, kept: dict[str, str]) -> str:
         "for the CPU time of the last column: the default preset, `auto`, gives it to RGB "
         "images of 0..255 or 0..1 and the small network to every other image. The detectors "
         "stay as they were: the PU head's score where the data declare background (with the "
-        "pretrained encoder it also ranks the held-out tool best), GEN elsewhere (on the "
+        "pretrained encoder it also ranks held-out classes best: the tool, and over every "
+        "Endoscapes class held out in turn, `esl-pretrained`), GEN elsewhere (on the "
         "vocal folds close to the best detector, energy, and above Mahalanobis).",
     ]
     fresh = [name for name, *_ in GRID if (runs / name / "results.json").is_file()]

