@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from oodseg.config import TrainConfig
+from oodseg.crossval import CrossvalConfig, prepare
 from oodseg.splits import make_split
 
 
@@ -57,3 +59,16 @@ def test_block_layout_is_a_checkerboard():
 def test_unknown_split():
     with pytest.raises(ValueError, match="unknown split"):
         make_split(np.ones((4, 4), int), "random")
+
+
+def test_the_annotation_seed_fixes_the_strokes_while_the_seed_varies_the_network():
+    def strokes(**options) -> tuple[np.ndarray, int]:
+        seed = options.pop("seed")
+        plan = prepare(CrossvalConfig(train=TrainConfig(seed=seed), **options), quiet=True)
+        return plan.collection.load(0).train, plan.config.train.seed
+
+    base, _ = strokes(seed=0)
+    fixed, network_seed = strokes(seed=1, annotation_seed=0)
+    drawn, _ = strokes(seed=1)
+    np.testing.assert_array_equal(fixed, base)
+    assert network_seed == 1 and (drawn != base).any()
