@@ -28,6 +28,7 @@ SHARED = ROOT.parent / "shared" / "data"
 IP_DETECTORS = "gen,msp,energy,mahalanobis,relative_mahalanobis,knn,vim"
 QUICK = ["--no-baselines"]  # lever comparisons: the baselines run once, with the defaults
 SMALL = ["--preset", "small"]  # on RGB data: the network from scratch, not the default pretrained
+PRETRAINED = ["--preset", "pretrained"]
 PAPER = ["--smooth", "0", "--threshold", "tpr"]  # the paper's scoring and operating rule
 NNPU = ["--detectors", "pu,gen,mahalanobis,knn", "--unlabelled", "nnpu", "--pu-prior", "0.5"]
 PU_DETECTORS = "pu," + IP_DETECTORS
@@ -75,7 +76,7 @@ GRID: list[tuple[str, str, str, list[str]]] = [
         "es-pretrained",
         "es",
         "the pretrained preset (ImageNet EfficientNet-Lite0 encoder), with the baselines",
-        ["--preset", "pretrained"],
+        PRETRAINED,
     ),
     *(
         (
@@ -91,7 +92,7 @@ GRID: list[tuple[str, str, str, list[str]]] = [
             f"es-pretrained-seed{seed}",
             "es",
             f"the pretrained preset, seed {seed} (no baselines)",
-            [*QUICK, "--preset", "pretrained", "--seed", str(seed)],
+            [*QUICK, *PRETRAINED, "--seed", str(seed)],
         )
         for seed in (1, 2)
     ),
@@ -105,7 +106,7 @@ GRID: list[tuple[str, str, str, list[str]]] = [
         "est-pretrained",
         "es-tool",
         "the pretrained preset, the tool held out (no baselines)",
-        [*QUICK, "--preset", "pretrained"],
+        [*QUICK, *PRETRAINED],
     ),
     (
         "vf-default",
@@ -117,7 +118,7 @@ GRID: list[tuple[str, str, str, list[str]]] = [
         "vf-pretrained",
         "vf",
         "the pretrained preset, every class held out in turn (no baselines)",
-        [*QUICK, "--preset", "pretrained"],
+        [*QUICK, *PRETRAINED],
     ),
     *(
         (
@@ -132,7 +133,7 @@ GRID: list[tuple[str, str, str, list[str]]] = [
         "esl-pretrained",
         "es-loco",
         "the pretrained preset, every class held out in turn (no baselines)",
-        [*QUICK, "--preset", "pretrained"],
+        [*QUICK, *PRETRAINED],
     ),
     # One network per fold, over seeds: the spread a user meets.
     *(
@@ -304,6 +305,12 @@ def _results(runs: Path, name: str) -> dict | None:
     return None
 
 
+def _over_seeds(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
 def seed_table(runs: Path) -> list[str]:
     """Per setting run over seeds: the default detector's AUROC (mean over folds, then mean ± sd
     over seeds), how far one fold moves between seeds (the sd over seeds of each fold's AUROC,
@@ -321,7 +328,7 @@ def seed_table(runs: Path) -> list[str]:
         means = auroc.mean(1)
         rows.append(
             f"| {title} (`{'`, `'.join(names)}`) | {auroc.shape[1]} | {det} "
-            f"| {means.mean():.3f} ± {means.std(ddof=1):.3f} "
+            f"| {_over_seeds(list(means))} "
             f"({', '.join(f'{m:.3f}' for m in means)}) "
             f"| {per_fold.mean():.3f} / {per_fold.max():.3f} | {np.mean(miou):.3f} "
             f"| {np.mean([r['seconds'] for r in results]) / 60:.1f} |"
@@ -348,12 +355,6 @@ def seed_table(runs: Path) -> list[str]:
         "|---|---|---|---|---|---|---|",
         *rows,
     ]
-
-
-def _over_seeds(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
 def encoder_table(runs: Path) -> list[str]:

@@ -222,11 +222,12 @@ def dataset_collection(
     k = len(data.class_names)
     # The band count every image must have: a colour photo's 3, else the first image's, set when
     # it is read, so that a refusal names the file that differs.
-    bands = [colour_bands(data)]
+    bands = colour_bands(data)
 
     def read(item) -> tuple[np.ndarray, np.ndarray]:
-        s = read_sample(data, item, bands[0])
-        bands[0] = s.image.shape[-1]
+        nonlocal bands
+        s = read_sample(data, item, bands)
+        bands = s.image.shape[-1]
         dense = np.where(s.mask == k + 1, BACKGROUND, s.mask).astype(np.uint8)
         image = s.image
         if scale != 1:
